@@ -1,0 +1,395 @@
+"""The AnnData boundary: validation, batch encoding, library priors and device-resident loaders.
+
+Everything that touches a user's AnnData goes through :func:`read_training_data` or
+:func:`read_query_data`. They only read: the AnnData is never modified, no column is added,
+and the count matrix is never densified as a whole (it becomes one CSR copy in float32).
+Minibatches are gathered from that CSR by index, on the training device, by
+:class:`CSRMinibatches`: no torch DataLoader and no per-batch AnnData slicing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+__all__ = [
+    "CSRMinibatches",
+    "DataSetup",
+    "read_query_data",
+    "read_training_data",
+]
+
+_MAX_LISTED = 10
+
+
+def _listing(items: Sequence[str]) -> str:
+    items = [str(i) for i in items]
+    shown = ", ".join(repr(i) for i in items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else "")
+
+
+@dataclass(frozen=True)
+class DataSetup:
+    """What a model remembers of its training AnnData.
+
+    Attributes
+    ----------
+    layer
+        The layer the counts were read from (None for ``adata.X``).
+    batch_key
+        The ``obs`` column of batches (None for one batch).
+    batch_categories
+        Batch labels in code order.
+    var_names
+        Gene names in training order.
+    """
+
+    layer: str | None
+    batch_key: str | None
+    batch_categories: tuple[str, ...]
+    var_names: tuple[str, ...] = field(repr=False)
+
+    @property
+    def n_batch(self) -> int:
+        """Number of batch categories (1 without a batch covariate)."""
+        return len(self.batch_categories)
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes."""
+        return len(self.var_names)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return {
+            "layer": self.layer,
+            "batch_key": self.batch_key,
+            "batch_categories": list(self.batch_categories),
+            "var_names": list(self.var_names),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataSetup:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            layer=d["layer"],
+            batch_key=d["batch_key"],
+            batch_categories=tuple(d["batch_categories"]),
+            var_names=tuple(d["var_names"]),
+        )
+
+
+def _get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix | np.ndarray:
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"Expected an AnnData object, got {type(adata).__name__}.")
+    if adata.isbacked:
+        raise ValueError(
+            "adata is backed on disk; load it into memory first with adata = adata.to_memory()."
+        )
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if layer is None:
+        X = adata.X
+        if X is None:
+            raise ValueError(
+                "adata.X is None. Put the raw counts in adata.X or pass layer=<name of the "
+                f"counts layer>; layers present: {_listing(list(adata.layers.keys())) or 'none'}."
+            )
+        return X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"layer={layer!r} is not in adata.layers. Layers present: "
+            f"{_listing(list(adata.layers.keys())) or 'none'}; use layer=None for adata.X."
+        )
+    return adata.layers[layer]
+
+
+def _to_csr(X) -> sp.csr_matrix:
+    """One float32 CSR copy of ``X`` (dense, CSR, CSC or COO), never densifying sparse input."""
+    if sp.issparse(X):
+        csr = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    elif isinstance(X, np.ndarray):
+        csr = sp.csr_matrix(np.asarray(X, dtype=np.float32))
+    else:
+        raise TypeError(
+            f"Unsupported matrix type {type(X).__name__}; expected a numpy array or a scipy "
+            "sparse matrix (dask and backed arrays: call .compute() / .to_memory() first)."
+        )
+    csr.sum_duplicates()
+    csr.sort_indices()
+    return csr
+
+
+def _check_values(csr: sp.csr_matrix, *, where: str, counts: bool) -> None:
+    values = csr.data
+    n_bad = int(np.count_nonzero(~np.isfinite(values)))
+    if n_bad:
+        raise ValueError(
+            f"{where} contains {n_bad} NaN or infinite values. Remove or impute them before "
+            "fitting (for example adata = adata[~np.isnan(...)] or recompute the counts)."
+        )
+    n_neg = int(np.count_nonzero(values < 0))
+    if n_neg:
+        raise ValueError(
+            f"{where} contains {n_neg} negative values (minimum {values.min():g}). The models "
+            "need non-negative raw counts: pass the raw UMI counts (e.g. layer='counts'), not "
+            "scaled or centered data."
+        )
+    if counts:
+        n_frac = int(np.count_nonzero(values != np.round(values)))
+        if n_frac:
+            example = values[values != np.round(values)][0]
+            raise ValueError(
+                f"{where} contains {n_frac} non-integer values (e.g. {example:g}); count "
+                "models need raw integer counts. This looks normalized or log-transformed: "
+                "pass the raw counts, e.g. layer='counts' (keep them with "
+                "adata.layers['counts'] = adata.X.copy() before sc.pp.normalize_total)."
+            )
+
+
+def _check_cells(csr: sp.csr_matrix, *, where: str) -> np.ndarray:
+    totals = np.asarray(csr.sum(axis=1)).ravel()  # (N,)
+    n_empty = int(np.count_nonzero(totals <= 0))
+    if n_empty:
+        raise ValueError(
+            f"{where} has {n_empty} cells with zero total counts; their library size is "
+            "undefined. Remove them first, e.g. sc.pp.filter_cells(adata, min_counts=1)."
+        )
+    return totals
+
+
+def _batch_codes(
+    adata: AnnData, batch_key: str | None, categories: Sequence[str] | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    if batch_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64), ("0",) if categories is None else tuple(
+            categories
+        )
+    if batch_key not in adata.obs.columns:
+        raise KeyError(
+            f"batch_key={batch_key!r} is not a column of adata.obs. Columns present: "
+            f"{_listing(list(adata.obs.columns)) or 'none'}."
+        )
+    column = adata.obs[batch_key]
+    if column.isna().any():
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has {int(column.isna().sum())} missing values; give "
+            "every cell a batch label."
+        )
+    labels = column.astype(str).to_numpy()
+    if categories is None:
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            present = set(labels)
+            categories = tuple(str(c) for c in column.cat.categories if str(c) in present)
+        else:
+            categories = tuple(sorted(set(labels)))
+    lookup = {c: i for i, c in enumerate(categories)}
+    unseen = sorted(set(labels) - lookup.keys())
+    if unseen:
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has batch categories unseen in training: "
+            f"{_listing(unseen)}. The model knows {_listing(categories)}. Subset to known "
+            "batches or train a model that includes them."
+        )
+    return np.fromiter((lookup[v] for v in labels), dtype=np.int64, count=len(labels)), tuple(
+        categories
+    )
+
+
+@dataclass
+class CellData:
+    """Validated counts and batch codes, ready for the module."""
+
+    X: sp.csr_matrix
+    batch_index: np.ndarray
+    library_size: np.ndarray
+
+
+def read_training_data(
+    adata: AnnData,
+    *,
+    layer: str | None,
+    batch_key: str | None,
+    counts: bool = True,
+) -> tuple[DataSetup, CellData]:
+    """Validate a training AnnData and read it, without modifying it.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes AnnData (a view is fine: it is only read).
+    layer
+        Layer holding the counts, or None for ``adata.X``.
+    batch_key
+        ``obs`` column with batch labels, or None.
+    counts
+        Require integer counts.
+
+    Returns
+    -------
+    DataSetup, CellData
+
+    Raises
+    ------
+    KeyError
+        Unknown layer or batch_key (the message lists what exists).
+    ValueError
+        Negative, NaN/inf or (for counts) non-integer values, empty cells, missing batch labels.
+    """
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    csr = _to_csr(_get_matrix(adata, layer))
+    _check_values(csr, where=where, counts=counts)
+    totals = _check_cells(csr, where=where)
+    codes, categories = _batch_codes(adata, batch_key, None)
+    setup = DataSetup(
+        layer=layer,
+        batch_key=batch_key,
+        batch_categories=categories,
+        var_names=tuple(str(v) for v in adata.var_names),
+    )
+    return setup, CellData(X=csr, batch_index=codes, library_size=totals)
+
+
+def read_query_data(adata: AnnData, setup: DataSetup, *, counts: bool = True) -> CellData:
+    """Validate new cells against what a model was trained on and read them.
+
+    Raises
+    ------
+    ValueError
+        Genes differ from training, unseen batch categories, or bad values (see
+        :func:`read_training_data`).
+    """
+    if tuple(str(v) for v in adata.var_names) != setup.var_names:
+        train = pd.Index(setup.var_names)
+        query = pd.Index([str(v) for v in adata.var_names])
+        missing = train.difference(query, sort=False)
+        extra = query.difference(train, sort=False)
+        detail = (
+            f"missing {len(missing)} training genes ({_listing(list(missing))}), "
+            f"{len(extra)} genes not in training ({_listing(list(extra))})"
+            if len(missing) or len(extra)
+            else "the same genes in another order"
+        )
+        raise ValueError(
+            f"adata has {adata.n_vars} genes but the model was trained on {setup.n_genes}: "
+            f"{detail}. Subset and order the genes as in training: "
+            "adata[:, model.var_names] (genes missing from adata cannot be scored)."
+        )
+    where = "adata.X" if setup.layer is None else f"adata.layers[{setup.layer!r}]"
+    csr = _to_csr(_get_matrix(adata, setup.layer))
+    _check_values(csr, where=where, counts=counts)
+    totals = _check_cells(csr, where=where)
+    if setup.batch_key is not None:
+        codes, _ = _batch_codes(adata, setup.batch_key, setup.batch_categories)
+    else:
+        codes = np.zeros(adata.n_obs, dtype=np.int64)
+    return CellData(X=csr, batch_index=codes, library_size=totals)
+
+
+def library_log_prior(
+    library_size: np.ndarray, batch_index: np.ndarray, n_batch: int, *, min_var: float = 1e-2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empirical mean and variance of ``log(total counts)`` within each batch: (S,), (S,).
+
+    A batch with a single cell gets the variance floor ``min_var``.
+    """
+    log_l = np.log(library_size)
+    mean = np.zeros(n_batch)
+    var = np.full(n_batch, min_var)
+    for s in range(n_batch):
+        in_s = log_l[batch_index == s]
+        if in_s.size:
+            mean[s] = in_s.mean()
+            var[s] = max(in_s.var(), min_var)
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
+
+
+class CSRMinibatches:
+    """Minibatches gathered by index from a CSR matrix that lives on the training device.
+
+    The counts are copied to the device once, as CSR (``crow``, ``col``, ``val``). Each
+    minibatch is a dense (B, G) tensor built on the device by a scatter of the selected rows'
+    non-zeros, so host-device traffic per step is only the index vector.
+
+    Parameters
+    ----------
+    data
+        Validated cells.
+    indices
+        Positions of the cells to iterate over.
+    batch_size
+        Cells per minibatch.
+    shuffle
+        Reshuffle every epoch (with ``generator``).
+    drop_last
+        Drop a last partial minibatch (avoids tiny batches under BatchNorm).
+    seed
+        Seed of the shuffling generator.
+    """
+
+    def __init__(
+        self,
+        data: CellData,
+        indices: np.ndarray,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        X = data.X
+        self.n_genes = X.shape[1]
+        self.crow = torch.from_numpy(X.indptr.astype(np.int64))  # (N+1,)
+        self.col = torch.from_numpy(X.indices.astype(np.int64))  # (nnz,)
+        self.val = torch.from_numpy(X.data.astype(np.float32))  # (nnz,)
+        self.batch_index = torch.from_numpy(data.batch_index)  # (N,)
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last and len(self.indices) > batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> CSRMinibatches:
+        """Move the counts to ``device`` (once); minibatches are then gathered there."""
+        device = torch.device(device)
+        for name in ("crow", "col", "val", "batch_index", "indices"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.device = device
+        return self
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense counts (B, G) and batch codes (B,) of the cells at positions ``rows``."""
+        start = self.crow[rows]  # (B,)
+        n_nz = self.crow[rows + 1] - start  # (B,)
+        row_of_nz = torch.repeat_interleave(
+            torch.arange(len(rows), device=rows.device), n_nz
+        )  # (nnz_B,)
+        first_nz = torch.cumsum(n_nz, 0) - n_nz  # (B,) exclusive prefix sum
+        position = (
+            torch.arange(len(row_of_nz), device=rows.device)
+            - first_nz[row_of_nz]
+            + start[row_of_nz]
+        )  # (nnz_B,) positions in col/val
+        x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
+        x[row_of_nz, self.col[position]] = self.val[position]
+        return x, self.batch_index[rows]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices
+        if self.shuffle:
+            perm = torch.randperm(len(order), generator=self.generator).to(order.device)
+            order = order[perm]
+        n_batches = len(self)
+        for b in range(n_batches):
+            yield self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])

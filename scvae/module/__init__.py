@@ -1,0 +1,1 @@
+"""Pure-torch modules: they never see AnnData."""

@@ -1,0 +1,278 @@
+"""The scVI generative model and its amortized posterior, in pure torch (no AnnData here).
+
+Generative model for cell ``n`` with batch ``s_n`` (Lopez et al., Nature Methods 2019)::
+
+    z_n   ~ Normal(0, I)
+    l_n   ~ LogNormal(l_mu[s_n], l_var[s_n])        (empirical per-batch prior)
+    rho_n = softmax(f_w(z_n, s_n))                  (expression proportions over genes)
+    w_ng  ~ Gamma(theta_g, theta_g / rho_ng)
+    y_ng  ~ Poisson(l_n w_ng)                       (so y_ng ~ NB(l_n rho_ng, theta_g))
+    h_ng  ~ Bernoulli(sigmoid(f_h(z_n, s_n)))
+    x_ng  = 0 if h_ng else y_ng                     (zero inflation)
+
+Variational posterior ``q(z | x, s) q(log l | x, s)``: two Gaussian encoders on ``log1p(x)``.
+``library="observed"`` replaces the latent ``l`` by the observed total count.
+
+The ELBO is ``E_q[log p(x | z, l, s)] - KL(q(z) || p(z)) - KL(q(l) || p(l))``; the importance-
+weighted bound (IWAE) uses ``log w = log p(x|z,l) + log p(z) + log p(l) - log q(z) - log q(l)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from scvae.distributions import (
+    log_nb,
+    log_poisson,
+    log_zinb,
+    sample_nb,
+    sample_poisson,
+    sample_zinb,
+)
+from scvae.nn import CountDecoder, GaussianEncoder
+
+__all__ = ["DISPERSIONS", "LIBRARIES", "LIKELIHOODS", "LossOutput", "VAEModule"]
+
+LIKELIHOODS = ("zinb", "nb", "poisson")
+DISPERSIONS = ("gene", "gene-batch", "gene-cell")
+LIBRARIES = ("latent", "observed")
+
+
+@dataclass
+class Inference:
+    """Output of :meth:`VAEModule.inference`.
+
+    ``z`` is (N, L) for one sample or (K, N, L) for ``K`` samples; ``log_library`` likewise
+    (N, 1) or (K, N, 1). ``ql`` is None when the library is observed.
+    """
+
+    qz: Normal
+    z: torch.Tensor
+    ql: Normal | None
+    log_library: torch.Tensor
+
+
+@dataclass
+class Generative:
+    """Parameters of ``p(x | z, l, s)``, each (N, G) or (K, N, G); theta/zi_logits may be None."""
+
+    log_rho: torch.Tensor
+    mu: torch.Tensor
+    theta: torch.Tensor | None
+    zi_logits: torch.Tensor | None
+
+
+@dataclass
+class LossOutput:
+    """Per-cell terms of the ELBO and the scalar training loss.
+
+    ``elbo = reconstruction - kl_z - kl_l``; the loss weighs the KL terms by the warm-up weight.
+    """
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    kl_z: torch.Tensor
+    kl_l: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """Per-cell evidence lower bound, (N,)."""
+        return self.reconstruction - self.kl_z - self.kl_l
+
+
+class VAEModule(nn.Module):
+    """scVI as a torch module: ``inference()``, ``generative()``, ``loss()``.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes ``G``.
+    n_batch
+        Number of batch categories (1 when there is no batch covariate).
+    library_log_mean, library_log_var
+        (n_batch,) empirical mean and variance of ``log(total counts)`` within each batch:
+        the prior of the latent library size.
+    n_latent, n_hidden, n_layers, dropout_rate
+        Network sizes.
+    likelihood
+        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+    dispersion
+        ``"gene"`` (theta_g), ``"gene-batch"`` (theta_{g,s}) or ``"gene-cell"`` (decoded per cell).
+    library
+        ``"latent"`` (LogNormal latent with the empirical prior) or ``"observed"``.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_batch: int,
+        library_log_mean: torch.Tensor,
+        library_log_var: torch.Tensor,
+        *,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        likelihood: str = "zinb",
+        dispersion: str = "gene",
+        library: str = "latent",
+    ) -> None:
+        super().__init__()
+        self.n_genes, self.n_batch, self.n_latent = n_genes, n_batch, n_latent
+        self.likelihood, self.dispersion, self.library = likelihood, dispersion, library
+        encoder_kwargs = {
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "n_batch": n_batch,
+            "dropout_rate": dropout_rate,
+        }
+        self.z_encoder = GaussianEncoder(n_genes, n_latent, **encoder_kwargs)
+        self.l_encoder = (
+            GaussianEncoder(n_genes, 1, **encoder_kwargs) if library == "latent" else None
+        )
+        self.decoder = CountDecoder(
+            n_latent,
+            n_genes,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_batch=n_batch,
+            dropout_rate=dropout_rate,
+            gene_cell_dispersion=likelihood != "poisson" and dispersion == "gene-cell",
+            zero_inflation=likelihood == "zinb",
+        )
+        if likelihood == "poisson" or dispersion == "gene-cell":
+            self.log_theta = None
+        elif dispersion == "gene":
+            self.log_theta = nn.Parameter(torch.randn(n_genes))  # (G,)
+        else:
+            self.log_theta = nn.Parameter(torch.randn(n_batch, n_genes))  # (S, G)
+        self.register_buffer("library_log_mean", library_log_mean.float().reshape(n_batch))
+        self.register_buffer("library_log_var", library_log_var.float().reshape(n_batch))
+
+    # ----------------------------------------------------------------------------- inference
+    def inference(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        *,
+        n_samples: int | None = None,
+    ) -> Inference:
+        """Encode counts ``x`` (N, G) into ``q(z | x, s)`` and ``q(log l | x, s)`` and sample.
+
+        With ``n_samples=K`` the samples get a leading dimension ``K``.
+        """
+        x_log = torch.log1p(x)  # (N, G) variance-stabilised encoder input
+        shape = torch.Size() if n_samples is None else torch.Size([n_samples])
+        qz = self.z_encoder(x_log, batch_index)  # Normal over (N, L)
+        z = qz.rsample(shape)  # ([K,] N, L) reparameterised
+        if self.l_encoder is not None:
+            ql = self.l_encoder(x_log, batch_index)  # Normal over (N, 1)
+            log_library = ql.rsample(shape)  # ([K,] N, 1)
+        else:
+            ql = None
+            log_library = torch.log(x.sum(-1, keepdim=True)).expand((*shape, x.shape[0], 1))
+        return Inference(qz=qz, z=z, ql=ql, log_library=log_library)
+
+    # ---------------------------------------------------------------------------- generative
+    def generative(
+        self, z: torch.Tensor, log_library: torch.Tensor, batch_index: torch.Tensor
+    ) -> Generative:
+        """Decode ``z`` ([K,] N, L) and ``log l`` ([K,] N, 1) into ``p(x | z, l, s)``."""
+        lead = z.shape[:-1]  # ([K,] N)
+        z_flat = z.reshape(-1, self.n_latent)  # (K*N, L)
+        batch_flat = batch_index.expand(lead).reshape(-1)  # (K*N,)
+        log_rho, zi_logits, log_theta_cell = self.decoder(z_flat, batch_flat)  # (K*N, G) each
+        log_rho = log_rho.reshape(*lead, self.n_genes)  # ([K,] N, G)
+        mu = torch.exp(log_library + log_rho)  # ([K,] N, G) l * rho
+        if zi_logits is not None:
+            zi_logits = zi_logits.reshape(*lead, self.n_genes)
+        if self.likelihood == "poisson":
+            theta = None
+        elif self.dispersion == "gene-cell":
+            theta = torch.exp(log_theta_cell.reshape(*lead, self.n_genes))  # ([K,] N, G)
+        elif self.dispersion == "gene":
+            theta = torch.exp(self.log_theta)  # (G,)
+        else:
+            theta = torch.exp(self.log_theta)[batch_index]  # (N, G)
+        return Generative(log_rho=log_rho, mu=mu, theta=theta, zi_logits=zi_logits)
+
+    def log_likelihood(
+        self,
+        x: torch.Tensor,
+        gen: Generative,
+        *,
+        log_x_factorial: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``log p(x | z, l, s)`` summed over genes: (N,) or (K, N)."""
+        if self.likelihood == "poisson":
+            log_p = log_poisson(x, gen.mu, log_x_factorial=log_x_factorial)
+        elif self.likelihood == "nb":
+            log_p = log_nb(x, gen.mu, gen.theta, log_x_factorial=log_x_factorial)
+        else:
+            log_p = log_zinb(x, gen.mu, gen.theta, gen.zi_logits, log_x_factorial=log_x_factorial)
+        return log_p.sum(-1)
+
+    def sample_counts(self, gen: Generative) -> torch.Tensor:
+        """Draw ``x ~ p(x | z, l, s)`` with the shape of ``gen.mu``."""
+        if self.likelihood == "poisson":
+            return sample_poisson(gen.mu)
+        if self.likelihood == "nb":
+            return sample_nb(gen.mu, gen.theta)
+        return sample_zinb(gen.mu, gen.theta, gen.zi_logits)
+
+    # --------------------------------------------------------------------------------- priors
+    def library_prior(self, batch_index: torch.Tensor) -> Normal:
+        """Per-batch empirical prior ``p(log l | s)`` for each cell, over (N, 1)."""
+        mean = self.library_log_mean[batch_index].unsqueeze(-1)  # (N, 1)
+        var = self.library_log_var[batch_index].unsqueeze(-1)  # (N, 1)
+        return Normal(mean, var.sqrt())
+
+    # ----------------------------------------------------------------------------------- loss
+    def loss(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        *,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Negative ELBO (KL terms times the warm-up weight), minibatch mean, and per-cell terms."""
+        inf = self.inference(x, batch_index)
+        gen = self.generative(inf.z, inf.log_library, batch_index)
+        reconstruction = self.log_likelihood(x, gen)  # (N,)
+        prior_z = Normal(torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale))
+        kl_z = kl_divergence(inf.qz, prior_z).sum(-1)  # (N,)
+        if inf.ql is not None:
+            kl_l = kl_divergence(inf.ql, self.library_prior(batch_index)).sum(-1)  # (N,)
+        else:
+            kl_l = torch.zeros_like(kl_z)
+        loss = torch.mean(-reconstruction + kl_weight * (kl_z + kl_l))
+        return LossOutput(loss=loss, reconstruction=reconstruction, kl_z=kl_z, kl_l=kl_l)
+
+    def log_importance_weights(
+        self, x: torch.Tensor, batch_index: torch.Tensor, *, n_samples: int
+    ) -> torch.Tensor:
+        """``log w_k = log p(x, z_k, l_k) - log q(z_k, l_k | x)`` for ``K`` posterior draws: (K, N).
+
+        ``logsumexp(log w, 0) - log K`` is the IWAE estimate of ``log p(x)``.
+        """
+        inf = self.inference(x, batch_index, n_samples=n_samples)
+        gen = self.generative(inf.z, inf.log_library, batch_index)
+        log_px = self.log_likelihood(x, gen)  # (K, N)
+        log_pz = Normal(0.0, 1.0).log_prob(inf.z).sum(-1)  # (K, N)
+        log_qz = inf.qz.log_prob(inf.z).sum(-1)  # (K, N)
+        log_w = log_px + log_pz - log_qz
+        if inf.ql is not None:
+            log_pl = self.library_prior(batch_index).log_prob(inf.log_library).sum(-1)  # (K, N)
+            log_ql = inf.ql.log_prob(inf.log_library).sum(-1)  # (K, N)
+            log_w = log_w + log_pl - log_ql
+        return log_w
+
+    @staticmethod
+    def iwae_estimate(log_w: torch.Tensor) -> torch.Tensor:
+        """``log (1/K) sum_k exp(log w_k)`` over the leading dimension: (N,)."""
+        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])

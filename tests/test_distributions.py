@@ -1,0 +1,144 @@
+"""Count log-likelihoods against scipy.stats in float64, limits, gradients and sample moments."""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from scvae.distributions import (
+    log_nb,
+    log_poisson,
+    log_zinb,
+    sample_nb,
+    sample_poisson,
+    sample_zinb,
+)
+
+X = np.array([0, 1, 2, 5, 17, 100, 1000, 12345], dtype=np.float64)
+MUS = [1e-8, 1e-3, 0.5, 3.0, 250.0, 1e5]
+THETAS = [1e-4, 0.05, 1.0, 12.0, 1e3, 1e6]
+
+
+def t(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+def scipy_nb(x, mu, theta):
+    return stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+
+
+def exact_nb(x, mu, theta):
+    """log NB in 50-digit arithmetic: the reference where scipy's p = theta/(theta+mu) rounds."""
+    mpmath.mp.dps = 50
+    out = []
+    for xi in np.atleast_1d(x):
+        xi, m, th = mpmath.mpf(float(xi)), mpmath.mpf(mu), mpmath.mpf(theta)
+        value = (
+            mpmath.loggamma(xi + th)
+            - mpmath.loggamma(th)
+            - mpmath.loggamma(xi + 1)
+            + th * mpmath.log(th / (th + m))
+            + xi * mpmath.log(m / (th + m))
+        )
+        out.append(float(value))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("mu", MUS)
+@pytest.mark.parametrize("theta", THETAS)
+def test_log_nb_matches_exact(mu: float, theta: float) -> None:
+    ours = log_nb(t(X), t(mu), t(theta)).numpy()
+    assert np.all(np.isfinite(ours))
+    np.testing.assert_allclose(ours, exact_nb(X, mu, theta), rtol=1e-9, atol=1e-9)
+
+
+# scipy's p = theta/(theta+mu) rounds towards 1 as theta/mu grows and scipy loses digits; it
+# has none left beyond theta/mu ~ 1e9, where only the exact reference above is meaningful.
+SCIPY_CASES = [(m, th) for m in MUS for th in THETAS if th / m < 1e9]
+
+
+@pytest.mark.parametrize(("mu", "theta"), SCIPY_CASES)
+def test_log_nb_matches_scipy(mu: float, theta: float) -> None:
+    """scipy.stats.nbinom in float64, tolerance widening with theta/mu as scipy loses digits."""
+    rtol = 1e-9 if theta / mu < 1e4 else 1e-6
+    ours = log_nb(t(X), t(mu), t(theta)).numpy()
+    np.testing.assert_allclose(ours, scipy_nb(X, mu, theta), rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("mu", MUS)
+def test_log_poisson_matches_scipy(mu: float) -> None:
+    np.testing.assert_allclose(
+        log_poisson(t(X), t(mu)).numpy(), stats.poisson.logpmf(X, mu), rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("mu", MUS)
+@pytest.mark.parametrize("theta", THETAS)
+@pytest.mark.parametrize("pi", [1e-6, 0.1, 0.5, 0.97])
+def test_log_zinb_matches_mixture(mu: float, theta: float, pi: float) -> None:
+    logit = np.log(pi) - np.log1p(-pi)
+    ours = log_zinb(t(X), t(mu), t(theta), t(logit)).numpy()
+    nb = exact_nb(X, mu, theta)
+    ref = np.where(X == 0, np.logaddexp(np.log(pi), np.log1p(-pi) + nb), np.log1p(-pi) + nb)
+    np.testing.assert_allclose(ours, ref, rtol=1e-7, atol=1e-7)
+
+
+def test_zinb_tends_to_nb_when_gate_closes() -> None:
+    mu, theta = t([[0.3, 4.0, 80.0]]), t([[0.5, 2.0, 30.0]])
+    x = t([[0.0], [1.0], [7.0], [40.0]])
+    nb = log_nb(x, mu, theta)
+    gaps = []
+    for logit in [-10.0, -30.0, -60.0, -120.0]:
+        gaps.append(torch.max(torch.abs(log_zinb(x, mu, theta, t(logit)) - nb)).item())
+    assert gaps == sorted(gaps, reverse=True)  # the gap closes as the gate closes
+    assert gaps[-1] < 1e-12
+
+
+def test_nb_tends_to_poisson_for_large_theta() -> None:
+    x, mu = t(X), t(3.0)
+    # the NB-Poisson gap is O(mu^2 / theta): 1e-6 here
+    np.testing.assert_allclose(
+        log_nb(x[:5], mu, t(1e7)).numpy(), log_poisson(x[:5], mu).numpy(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_precomputed_log_factorial_is_the_same() -> None:
+    x = t(X)
+    lf = torch.lgamma(x + 1)
+    np.testing.assert_array_equal(
+        log_zinb(x, t(2.0), t(3.0), t(-1.0), log_x_factorial=lf).numpy(),
+        log_zinb(x, t(2.0), t(3.0), t(-1.0)).numpy(),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_finite_at_extremes(dtype: torch.dtype) -> None:
+    x = torch.tensor([0.0, 0.0, 1.0, 3.0, 1e4], dtype=dtype)
+    for mu0, theta0, logit0 in [(1e-8, 1e-4, -30.0), (1e5, 1e6, 30.0), (1e-3, 1e5, 0.0)]:
+        mu = torch.full_like(x, mu0, requires_grad=True)
+        theta = torch.full_like(x, theta0, requires_grad=True)
+        logit = torch.full_like(x, logit0, requires_grad=True)
+        total = log_zinb(x, mu, theta, logit).sum() + log_nb(x, mu, theta).sum()
+        total = total + log_poisson(x, mu).sum()
+        total.backward()
+        for g in (mu.grad, theta.grad, logit.grad):
+            assert torch.all(torch.isfinite(g)), (mu0, theta0, logit0, g)
+
+
+def test_sample_moments() -> None:
+    torch.manual_seed(0)
+    n = 200_000
+    mu, theta = torch.full((n,), 6.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    y = sample_nb(mu, theta)
+    assert abs(y.mean().item() - 6.0) < 0.05
+    assert abs(y.var().item() - (6.0 + 36.0 / 2.0)) < 0.5
+    p = sample_poisson(mu)
+    assert abs(p.var().item() - 6.0) < 0.1
+    pi = 0.3
+    z = sample_zinb(mu, theta, torch.tensor(np.log(pi / (1 - pi)), dtype=torch.float64))
+    expected_zero = pi + (1 - pi) * (2.0 / 8.0) ** 2.0
+    assert abs((z == 0).double().mean().item() - expected_zero) < 0.005
+    assert abs(z.mean().item() - (1 - pi) * 6.0) < 0.05
