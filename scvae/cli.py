@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="fit ZINBVAE on the bundled PBMC 3k data; write .h5ad and a UMAP .png"
     )
     demo.add_argument("-o", "--output", type=Path, default=Path("scvae_demo.h5ad"))
-    demo.add_argument("--max-epochs", type=int, default=None)
+    demo.add_argument(
+        "--max-epochs", type=int, default=100, help="training epochs (default 100: a few minutes)"
+    )
     demo.add_argument(
         "--n-top-genes", type=int, default=2000, help="highly variable genes to model (0: all)"
     )
