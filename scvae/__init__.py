@@ -15,12 +15,13 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 from scvae import datasets, tl
-from scvae.models import NBVAE, ZINBVAE, PoissonVAE
+from scvae.models import NBVAE, ZINBVAE, GaussianVAE, PoissonVAE
 from scvae.train import TrainingDivergedError
 
 __all__ = [
     "NBVAE",
     "ZINBVAE",
+    "GaussianVAE",
     "PoissonVAE",
     "TrainingDivergedError",
     "__version__",

@@ -21,6 +21,7 @@ from anndata import AnnData
 __all__ = [
     "CSRMinibatches",
     "DataSetup",
+    "log_normalize",
     "read_query_data",
     "read_training_data",
 ]
@@ -126,7 +127,7 @@ def _to_csr(X) -> sp.csr_matrix:
     return csr
 
 
-def _check_values(csr: sp.csr_matrix, *, where: str, counts: bool) -> None:
+def _check_values(csr: sp.csr_matrix, *, where: str, counts: bool, nonnegative: bool) -> None:
     values = csr.data
     n_bad = int(np.count_nonzero(~np.isfinite(values)))
     if n_bad:
@@ -134,7 +135,7 @@ def _check_values(csr: sp.csr_matrix, *, where: str, counts: bool) -> None:
             f"{where} contains {n_bad} NaN or infinite values. Remove or impute them before "
             "fitting (for example adata = adata[~np.isnan(...)] or recompute the counts)."
         )
-    n_neg = int(np.count_nonzero(values < 0))
+    n_neg = int(np.count_nonzero(values < 0)) if nonnegative else 0
     if n_neg:
         raise ValueError(
             f"{where} contains {n_neg} negative values (minimum {values.min():g}). The models "
@@ -217,6 +218,7 @@ def read_training_data(
     layer: str | None,
     batch_key: str | None,
     counts: bool = True,
+    nonnegative: bool = True,
 ) -> tuple[DataSetup, CellData]:
     """Validate a training AnnData and read it, without modifying it.
 
@@ -229,7 +231,9 @@ def read_training_data(
     batch_key
         ``obs`` column with batch labels, or None.
     counts
-        Require integer counts.
+        Require non-negative integer counts and non-empty cells.
+    nonnegative
+        Refuse negative values (implied by ``counts``).
 
     Returns
     -------
@@ -244,8 +248,8 @@ def read_training_data(
     """
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     csr = _to_csr(_get_matrix(adata, layer))
-    _check_values(csr, where=where, counts=counts)
-    totals = _check_cells(csr, where=where)
+    _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
+    totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
     codes, categories = _batch_codes(adata, batch_key, None)
     setup = DataSetup(
         layer=layer,
@@ -256,7 +260,9 @@ def read_training_data(
     return setup, CellData(X=csr, batch_index=codes, library_size=totals)
 
 
-def read_query_data(adata: AnnData, setup: DataSetup, *, counts: bool = True) -> CellData:
+def read_query_data(
+    adata: AnnData, setup: DataSetup, *, counts: bool = True, nonnegative: bool = True
+) -> CellData:
     """Validate new cells against what a model was trained on and read them.
 
     Raises
@@ -283,13 +289,24 @@ def read_query_data(adata: AnnData, setup: DataSetup, *, counts: bool = True) ->
         )
     where = "adata.X" if setup.layer is None else f"adata.layers[{setup.layer!r}]"
     csr = _to_csr(_get_matrix(adata, setup.layer))
-    _check_values(csr, where=where, counts=counts)
-    totals = _check_cells(csr, where=where)
+    _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
+    totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
     if setup.batch_key is not None:
         codes, _ = _batch_codes(adata, setup.batch_key, setup.batch_categories)
     else:
         codes = np.zeros(adata.n_obs, dtype=np.int64)
     return CellData(X=csr, batch_index=codes, library_size=totals)
+
+
+def log_normalize(data: CellData, *, target_sum: float = 1e4) -> CellData:
+    """``log1p(x / total * target_sum)`` per cell, on the CSR non-zeros only (stays sparse).
+
+    The same transform as ``sc.pp.normalize_total(target_sum=1e4)`` then ``sc.pp.log1p``.
+    """
+    X = data.X.copy()
+    scale = np.repeat(target_sum / data.library_size, np.diff(X.indptr))  # (nnz,)
+    X.data = np.log1p(X.data * scale).astype(np.float32)
+    return CellData(X=X, batch_index=data.batch_index, library_size=data.library_size)
 
 
 def library_log_prior(

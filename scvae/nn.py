@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-__all__ = ["MLP", "CountDecoder", "GaussianEncoder"]
+__all__ = ["MLP", "CountDecoder", "GaussianDecoder", "GaussianEncoder"]
 
 
 class CovariateLinear(nn.Module):
@@ -175,3 +175,37 @@ class CountDecoder(nn.Module):
         zi_logits = self.zi_logits(h) if self.zi_logits is not None else None  # (N, G)
         log_theta = self.log_theta(h) if self.log_theta is not None else None  # (N, G)
         return log_rho, zi_logits, log_theta
+
+
+class GaussianDecoder(nn.Module):
+    """``mu(z, s)`` of the Gaussian VAE: an MLP and a linear head to the (log-normalized) genes.
+
+    Parameters
+    ----------
+    n_latent
+        Dimension of ``z``.
+    n_genes
+        Number of genes ``G``.
+    n_hidden, n_layers, n_batch, dropout_rate
+        As in :class:`MLP`.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_genes: int,
+        *,
+        n_hidden: int,
+        n_layers: int,
+        n_batch: int,
+        dropout_rate: float,
+    ) -> None:
+        super().__init__()
+        self.mlp = MLP(
+            n_latent, n_hidden, n_layers=n_layers, n_batch=n_batch, dropout_rate=dropout_rate
+        )
+        self.mean = nn.Linear(n_hidden, n_genes)
+
+    def forward(self, z: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """Return the mean ``mu(z, s)``, (N, G)."""
+        return self.mean(self.mlp(z, batch_index))  # (N, G)

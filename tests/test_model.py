@@ -158,3 +158,37 @@ def test_divergence_gives_a_clear_message(sim) -> None:
         model.fit(max_epochs=20, lr=1e8, progress_bar=False, early_stopping=False)
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert not model.is_trained
+
+
+def test_gaussian_vae_on_log_normalized_counts(sim) -> None:
+    import scanpy as sc
+
+    model = scvae.GaussianVAE(sim, batch_key="batch", n_latent=4, n_hidden=64)
+    model.fit(max_epochs=30, batch_size=64, progress_bar=False, early_stopping=False)
+    h = model.history
+    assert h["train_elbo"].iloc[-3:].mean() > h["train_elbo"].iloc[:3].mean()
+    labels = KMeans(3, n_init=10, random_state=0).fit_predict(model.get_latent())
+    assert adjusted_rand_score(sim.obs["cluster"], labels) > 0.8
+    elbo, iwae = model.elbo(sim).mean(), model.marginal_log_likelihood(sim, n_samples=50).mean()
+    assert np.isfinite(elbo) and elbo <= iwae
+    # the inside transform equals scanpy's normalize_total(1e4) + log1p
+    log_norm = sc.pp.log1p(sc.pp.normalize_total(sim, target_sum=1e4, copy=True), copy=True)
+    given = sim.copy()
+    given.layers["lognorm"] = log_norm.X
+    as_is = scvae.GaussianVAE(given, layer="lognorm", log_normalize=False, n_latent=4)
+    np.testing.assert_allclose(
+        as_is._data.X.toarray(), model._data.X.toarray(), rtol=1e-5, atol=1e-6
+    )
+    expr = model.get_normalized_expression()
+    assert expr.shape == sim.shape and np.all(np.isfinite(expr))
+
+
+def test_gaussian_vae_save_load_and_tl(sim, tmp_path) -> None:
+    adata = sim.copy()
+    model = scvae.tl.gaussianvae(
+        adata, n_latent=3, n_hidden=32, max_epochs=3, progress_bar=False, return_model=True
+    )
+    assert adata.obsm["X_gaussianvae"].shape == (adata.n_obs, 3)
+    model.save(tmp_path / "g")
+    loaded = scvae.GaussianVAE.load(tmp_path / "g", adata=sim)
+    np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())

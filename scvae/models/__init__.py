@@ -1,5 +1,5 @@
 """User-facing model classes: fit, get_latent, write_latent, scoring, save/load."""
 
-from scvae.models._count_vae import NBVAE, ZINBVAE, CountVAE, PoissonVAE
+from scvae.models._vae import NBVAE, ZINBVAE, GaussianVAE, PoissonVAE, VAEModel
 
-__all__ = ["NBVAE", "ZINBVAE", "CountVAE", "PoissonVAE"]
+__all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEModel"]

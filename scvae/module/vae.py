@@ -13,6 +13,9 @@ Generative model for cell ``n`` with batch ``s_n`` (Lopez et al., Nature Methods
 Variational posterior ``q(z | x, s) q(log l | x, s)``: two Gaussian encoders on ``log1p(x)``.
 ``library="observed"`` replaces the latent ``l`` by the observed total count.
 
+``likelihood="gaussian"`` is the Gaussian VAE baseline on log-normalized data ``x``:
+``x ~ Normal(mu(z, s), diag sigma^2)`` with gene-wise variances, no library, encoder on ``x``.
+
 The ELBO is ``E_q[log p(x | z, l, s)] - KL(q(z) || p(z)) - KL(q(l) || p(l))``; the importance-
 weighted bound (IWAE) uses ``log w = log p(x|z,l) + log p(z) + log p(l) - log q(z) - log q(l)``.
 """
@@ -34,11 +37,11 @@ from scvae.distributions import (
     sample_poisson,
     sample_zinb,
 )
-from scvae.nn import CountDecoder, GaussianEncoder
+from scvae.nn import CountDecoder, GaussianDecoder, GaussianEncoder
 
 __all__ = ["DISPERSIONS", "LIBRARIES", "LIKELIHOODS", "LossOutput", "VAEModule"]
 
-LIKELIHOODS = ("zinb", "nb", "poisson")
+LIKELIHOODS = ("zinb", "nb", "poisson", "gaussian")
 DISPERSIONS = ("gene", "gene-batch", "gene-cell")
 LIBRARIES = ("latent", "observed")
 
@@ -59,9 +62,12 @@ class Inference:
 
 @dataclass
 class Generative:
-    """Parameters of ``p(x | z, l, s)``, each (N, G) or (K, N, G); theta/zi_logits may be None."""
+    """Parameters of ``p(x | z, l, s)``, each (N, G) or (K, N, G); theta/zi_logits may be None.
 
-    log_rho: torch.Tensor
+    For the Gaussian likelihood ``mu`` is the mean and ``log_rho`` is None.
+    """
+
+    log_rho: torch.Tensor | None
     mu: torch.Tensor
     theta: torch.Tensor | None
     zi_logits: torch.Tensor | None
@@ -100,7 +106,7 @@ class VAEModule(nn.Module):
     n_latent, n_hidden, n_layers, dropout_rate
         Network sizes.
     likelihood
-        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+        ``"zinb"``, ``"nb"``, ``"poisson"`` or ``"gaussian"`` (log-normalized input).
     dispersion
         ``"gene"`` (theta_g), ``"gene-batch"`` (theta_{g,s}) or ``"gene-cell"`` (decoded per cell).
     library
@@ -133,8 +139,17 @@ class VAEModule(nn.Module):
         }
         self.z_encoder = GaussianEncoder(n_genes, n_latent, **encoder_kwargs)
         self.l_encoder = (
-            GaussianEncoder(n_genes, 1, **encoder_kwargs) if library == "latent" else None
+            GaussianEncoder(n_genes, 1, **encoder_kwargs)
+            if library == "latent" and likelihood != "gaussian"
+            else None
         )
+        self.log_theta = None
+        if likelihood == "gaussian":
+            self.decoder = GaussianDecoder(n_latent, n_genes, **encoder_kwargs)
+            self.log_var = nn.Parameter(torch.zeros(n_genes))  # (G,) gene-wise log sigma^2
+            self.register_buffer("library_log_mean", library_log_mean.float().reshape(n_batch))
+            self.register_buffer("library_log_var", library_log_var.float().reshape(n_batch))
+            return
         self.decoder = CountDecoder(
             n_latent,
             n_genes,
@@ -146,7 +161,7 @@ class VAEModule(nn.Module):
             zero_inflation=likelihood == "zinb",
         )
         if likelihood == "poisson" or dispersion == "gene-cell":
-            self.log_theta = None
+            pass
         elif dispersion == "gene":
             self.log_theta = nn.Parameter(torch.randn(n_genes))  # (G,)
         else:
@@ -166,7 +181,8 @@ class VAEModule(nn.Module):
 
         With ``n_samples=K`` the samples get a leading dimension ``K``.
         """
-        x_log = torch.log1p(x)  # (N, G) variance-stabilised encoder input
+        gaussian = self.likelihood == "gaussian"
+        x_log = x if gaussian else torch.log1p(x)  # (N, G) variance-stabilised encoder input
         shape = torch.Size() if n_samples is None else torch.Size([n_samples])
         qz = self.z_encoder(x_log, batch_index)  # Normal over (N, L)
         z = qz.rsample(shape)  # ([K,] N, L) reparameterised
@@ -175,7 +191,8 @@ class VAEModule(nn.Module):
             log_library = ql.rsample(shape)  # ([K,] N, 1)
         else:
             ql = None
-            log_library = torch.log(x.sum(-1, keepdim=True)).expand((*shape, x.shape[0], 1))
+            totals = torch.ones_like(x[:, :1]) if gaussian else x.sum(-1, keepdim=True)  # (N, 1)
+            log_library = torch.log(totals).expand((*shape, x.shape[0], 1))
         return Inference(qz=qz, z=z, ql=ql, log_library=log_library)
 
     # ---------------------------------------------------------------------------- generative
@@ -186,6 +203,9 @@ class VAEModule(nn.Module):
         lead = z.shape[:-1]  # ([K,] N)
         z_flat = z.reshape(-1, self.n_latent)  # (K*N, L)
         batch_flat = batch_index.expand(lead).reshape(-1)  # (K*N,)
+        if self.likelihood == "gaussian":
+            mean = self.decoder(z_flat, batch_flat).reshape(*lead, self.n_genes)  # ([K,] N, G)
+            return Generative(log_rho=None, mu=mean, theta=None, zi_logits=None)
         log_rho, zi_logits, log_theta_cell = self.decoder(z_flat, batch_flat)  # (K*N, G) each
         log_rho = log_rho.reshape(*lead, self.n_genes)  # ([K,] N, G)
         mu = torch.exp(log_library + log_rho)  # ([K,] N, G) l * rho
@@ -209,7 +229,9 @@ class VAEModule(nn.Module):
         log_x_factorial: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``log p(x | z, l, s)`` summed over genes: (N,) or (K, N)."""
-        if self.likelihood == "poisson":
+        if self.likelihood == "gaussian":
+            log_p = Normal(gen.mu, torch.exp(0.5 * self.log_var)).log_prob(x)  # ([K,] N, G)
+        elif self.likelihood == "poisson":
             log_p = log_poisson(x, gen.mu, log_x_factorial=log_x_factorial)
         elif self.likelihood == "nb":
             log_p = log_nb(x, gen.mu, gen.theta, log_x_factorial=log_x_factorial)
@@ -219,11 +241,22 @@ class VAEModule(nn.Module):
 
     def sample_counts(self, gen: Generative) -> torch.Tensor:
         """Draw ``x ~ p(x | z, l, s)`` with the shape of ``gen.mu``."""
+        if self.likelihood == "gaussian":
+            return gen.mu + torch.exp(0.5 * self.log_var) * torch.randn_like(gen.mu)
         if self.likelihood == "poisson":
             return sample_poisson(gen.mu)
         if self.likelihood == "nb":
             return sample_nb(gen.mu, gen.theta)
         return sample_zinb(gen.mu, gen.theta, gen.zi_logits)
+
+    def denoised(
+        self, z: torch.Tensor, batch_index: torch.Tensor, *, library_size: float
+    ) -> torch.Tensor:
+        """Denoised expression: ``library_size * rho(z, s)``, or ``mu(z, s)`` if Gaussian."""
+        if self.likelihood == "gaussian":
+            return self.decoder(z, batch_index)  # (N, G) log-normalized scale
+        log_rho, _, _ = self.decoder(z, batch_index)  # (N, G)
+        return torch.exp(log_rho) * library_size
 
     # --------------------------------------------------------------------------------- priors
     def library_prior(self, batch_index: torch.Tensor) -> Normal:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from anndata import AnnData
 
-from scvae.models import NBVAE, ZINBVAE, PoissonVAE
-from scvae.models._count_vae import CountVAE
+from scvae.models import NBVAE, ZINBVAE, GaussianVAE, PoissonVAE
+from scvae.models._vae import VAEModel
 
-__all__ = ["nbvae", "poissonvae", "zinbvae"]
+__all__ = ["gaussianvae", "nbvae", "poissonvae", "zinbvae"]
 
 
 def _fit_and_write(
-    model_class: type[CountVAE],
+    model_class: type[VAEModel],
     adata: AnnData,
     *,
     key_added: str | None,
@@ -19,7 +19,7 @@ def _fit_and_write(
     return_model: bool,
     model_kwargs: dict,
     fit_kwargs: dict,
-) -> AnnData | CountVAE | tuple[AnnData, CountVAE] | None:
+) -> AnnData | VAEModel | tuple[AnnData, VAEModel] | None:
     if adata.is_view and not copy:
         raise ValueError(
             "adata is a view; results cannot be written into it. Pass adata.copy() or use "
@@ -65,7 +65,7 @@ _DOC = """Fit {cls} on ``adata`` and write its embedding, scanpy style.
     """
 
 
-def _make_tool(model_class: type[CountVAE]):
+def _make_tool(model_class: type[VAEModel]):
     def tool(
         adata: AnnData,
         *,
@@ -125,3 +125,58 @@ def _make_tool(model_class: type[CountVAE]):
 zinbvae = _make_tool(ZINBVAE)
 nbvae = _make_tool(NBVAE)
 poissonvae = _make_tool(PoissonVAE)
+
+
+def gaussianvae(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    log_normalize: bool = True,
+    n_latent: int = 10,
+    n_hidden: int = 128,
+    n_layers: int = 1,
+    dropout_rate: float = 0.1,
+    max_epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    early_stopping: bool = True,
+    seed: int = 0,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    progress_bar: bool = True,
+    key_added: str | None = None,
+    copy: bool = False,
+    return_model: bool = False,
+):
+    return _fit_and_write(
+        GaussianVAE,
+        adata,
+        key_added=key_added,
+        copy=copy,
+        return_model=return_model,
+        model_kwargs={
+            "layer": layer,
+            "batch_key": batch_key,
+            "log_normalize": log_normalize,
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+        },
+        fit_kwargs={
+            "max_epochs": max_epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "early_stopping": early_stopping,
+            "seed": seed,
+            "accelerator": accelerator,
+            "devices": devices,
+            "progress_bar": progress_bar,
+        },
+    )
+
+
+gaussianvae.__doc__ = _DOC.format(cls="GaussianVAE", key="gaussianvae").replace(
+    "dispersion, library", "log_normalize"
+)

@@ -1,4 +1,4 @@
-"""User-facing scVI models: ``ZINBVAE``, ``NBVAE`` and ``PoissonVAE`` over one implementation."""
+"""User-facing VAEs over one implementation: ZINBVAE, NBVAE, PoissonVAE and GaussianVAE."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from scvae.data import (
     CSRMinibatches,
     DataSetup,
     library_log_prior,
+    log_normalize,
     read_query_data,
     read_training_data,
 )
 from scvae.module.vae import DISPERSIONS, LIBRARIES, VAEModule
 from scvae.train import EarlyStoppingAfterWarmup, TrainingDivergedError, TrainingPlan, make_trainer
 
-__all__ = ["NBVAE", "ZINBVAE", "CountVAE", "PoissonVAE"]
+__all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEModel"]
 
 _WEIGHTS_FILE = "model.pt"
 _META_FILE = "model.json"
@@ -39,11 +40,13 @@ def default_max_epochs(n_cells: int) -> int:
     return int(max(10, min(400, round(400 * 20_000 / max(n_cells, 1)))))
 
 
-class CountVAE:
-    """scVI (Lopez et al. 2019) for raw counts; see :class:`ZINBVAE` for the documentation."""
+class VAEModel:
+    """Shared implementation of the VAEs; see :class:`ZINBVAE` for the documentation."""
 
     likelihood: ClassVar[str] = "zinb"
     default_key: ClassVar[str] = "zinbvae"
+    #: config keys that are data options, not VAEModule arguments
+    _data_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -67,6 +70,11 @@ class CountVAE:
             "library": library,
         }
         self._check_config(config)
+        self._initialise_from(adata, layer=layer, batch_key=batch_key, config=config)
+
+    def _initialise_from(
+        self, adata: AnnData, *, layer: str | None, batch_key: str | None, config: dict
+    ) -> None:
         setup, data = read_training_data(adata, layer=layer, batch_key=batch_key, counts=True)
         self._initialise(setup, config, data=data, adata=adata)
 
@@ -114,13 +122,14 @@ class CountVAE:
         self.device = torch.device("cpu")
 
     def _build_module(self, log_mean: torch.Tensor, log_var: torch.Tensor) -> VAEModule:
+        options = {k: v for k, v in self.config.items() if k not in self._data_options}
         return VAEModule(
             self.setup.n_genes,
             self.setup.n_batch,
             log_mean,
             log_var,
             likelihood=self.likelihood,
-            **self.config,
+            **options,
         )
 
     @property
@@ -157,7 +166,7 @@ class CountVAE:
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         progress_bar: bool = True,
-    ) -> CountVAE:
+    ) -> VAEModel:
         """Fit by maximizing the ELBO with amortized, reparameterized minibatch VI.
 
         Training always starts from a fresh initialization drawn with ``seed``, so the same
@@ -292,6 +301,9 @@ class CountVAE:
     def _cells(self, adata: AnnData | None) -> CellData:
         if adata is None:
             return self._require_training_data()
+        return self._read_query(adata)
+
+    def _read_query(self, adata: AnnData) -> CellData:
         return read_query_data(adata, self.setup, counts=True)
 
     def _minibatches(
@@ -404,6 +416,9 @@ class CountVAE:
     ) -> np.ndarray:
         """Denoised expression ``library_size * rho(z, s)`` at the posterior mean of ``z``.
 
+        For :class:`GaussianVAE` it is the decoded mean ``mu(z, s)`` in its input space
+        (log-normalized by default) and ``library_size`` is ignored.
+
         Parameters
         ----------
         adata
@@ -426,8 +441,7 @@ class CountVAE:
         for x, b in self._minibatches(data, batch_size):
             z = self.module.inference(x, b).qz.loc  # (B, L)
             b_dec = b if code is None else torch.full_like(b, code)
-            log_rho, _, _ = self.module.decoder(z, b_dec)  # (B, G)
-            chunks.append((torch.exp(log_rho) * library_size).cpu())
+            chunks.append(self.module.denoised(z, b_dec, library_size=library_size).cpu())
         return torch.cat(chunks).numpy()
 
     @torch.inference_mode()
@@ -552,8 +566,9 @@ class CountVAE:
             log_library = self.module.library_prior(codes).sample()  # (N, 1)
             gen = self.module.generative(z, log_library, codes)
             x = self.module.sample_counts(gen)  # (N, G)
+        x = x.cpu().numpy()
         out = AnnData(
-            X=sp.csr_matrix(x.cpu().numpy()),
+            X=x if self.likelihood == "gaussian" else sp.csr_matrix(x),
             obs=pd.DataFrame(
                 {
                     "batch": pd.Categorical(labels, categories=self.batch_categories),
@@ -590,7 +605,7 @@ class CountVAE:
         (path / _META_FILE).write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData | None = None) -> CountVAE:
+    def load(cls, path: str | Path, adata: AnnData | None = None) -> VAEModel:
         """Load a model saved with :meth:`save`.
 
         Parameters
@@ -605,13 +620,13 @@ class CountVAE:
         if not (path / _META_FILE).exists():
             raise FileNotFoundError(f"No saved scvae model in {path} (missing {_META_FILE}).")
         meta = json.loads((path / _META_FILE).read_text())
-        if meta["class"] != cls.__name__ and cls is not CountVAE:
+        if meta["class"] != cls.__name__ and cls is not VAEModel:
             raise ValueError(f"{path} holds a {meta['class']}, not a {cls.__name__}.")
-        target = cls if cls is not CountVAE else _COUNT_MODELS[meta["class"]]
+        target = cls if cls is not VAEModel else _MODELS[meta["class"]]
         model = target.__new__(target)
         setup = DataSetup.from_dict(meta["setup"])
-        data = read_query_data(adata, setup, counts=True) if adata is not None else None
         model._initialise(setup, meta["config"], data=None, adata=adata)
+        data = model._read_query(adata) if adata is not None else None
         state = torch.load(path / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.module.load_state_dict(state)
         model.module.eval()
@@ -642,7 +657,7 @@ class _seeded:
         self._fork.__exit__(*exc)
 
 
-class ZINBVAE(CountVAE):
+class ZINBVAE(VAEModel):
     """scVI with a zero-inflated negative-binomial decoder (Lopez et al., Nature Methods 2019).
 
     ``z ~ N(0, I)``; ``l ~ LogNormal`` with the per-batch empirical prior of log library size;
@@ -677,7 +692,7 @@ class ZINBVAE(CountVAE):
     default_key = "zinbvae"
 
 
-class NBVAE(CountVAE):
+class NBVAE(VAEModel):
     """scVI with a negative-binomial (Gamma-Poisson) decoder, no zero inflation.
 
     Same parameters and methods as :class:`ZINBVAE`; default key ``"nbvae"``.
@@ -687,7 +702,7 @@ class NBVAE(CountVAE):
     default_key = "nbvae"
 
 
-class PoissonVAE(CountVAE):
+class PoissonVAE(VAEModel):
     """scVI with a Poisson decoder (no Gamma overdispersion, no zero inflation).
 
     Same parameters and methods as :class:`ZINBVAE` (``dispersion`` is ignored); default key
@@ -698,4 +713,73 @@ class PoissonVAE(CountVAE):
     default_key = "poissonvae"
 
 
-_COUNT_MODELS: dict[str, type[CountVAE]] = {c.__name__: c for c in (ZINBVAE, NBVAE, PoissonVAE)}
+class GaussianVAE(VAEModel):
+    """Gaussian VAE baseline on log-normalized expression.
+
+    ``z ~ N(0, I)``; ``x ~ Normal(mu(z, s), diag sigma^2)`` with gene-wise variances, where
+    ``x = log1p(normalize_total(counts, 1e4))`` is computed inside from the counts (sparse,
+    on the non-zeros), or, with ``log_normalize=False``, the given layer used as it is.
+    Trained, scored (ELBO, IWAE estimate of log p(x) in the log-normalized space) and saved
+    exactly like :class:`ZINBVAE`, by the same training loop.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes AnnData.
+    layer
+        Layer with raw counts (``log_normalize=True``) or with the data to model as it is.
+    batch_key
+        ``obs`` column of batches (one-hot covariate in encoder and decoder).
+    log_normalize
+        Log-normalize counts inside (default). False: model the layer's values as they are
+        (finite values required; negative values allowed, e.g. scaled data).
+    n_latent, n_hidden, n_layers, dropout_rate
+        Latent dimension and network sizes.
+    """
+
+    likelihood = "gaussian"
+    default_key = "gaussianvae"
+    _data_options = ("log_normalize",)
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        log_normalize: bool = True,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+    ) -> None:
+        config = {
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "dispersion": "gene",
+            "library": "observed",
+            "log_normalize": bool(log_normalize),
+        }
+        self._check_config(config)
+        self._initialise_from(adata, layer=layer, batch_key=batch_key, config=config)
+
+    def _initialise_from(
+        self, adata: AnnData, *, layer: str | None, batch_key: str | None, config: dict
+    ) -> None:
+        counts = config["log_normalize"]
+        setup, data = read_training_data(
+            adata, layer=layer, batch_key=batch_key, counts=counts, nonnegative=counts
+        )
+        self._initialise(setup, config, data=log_normalize(data) if counts else data, adata=adata)
+
+    def _read_query(self, adata: AnnData) -> CellData:
+        counts = self.config["log_normalize"]
+        data = read_query_data(adata, self.setup, counts=counts, nonnegative=counts)
+        return log_normalize(data) if counts else data
+
+
+_MODELS: dict[str, type[VAEModel]] = {
+    c.__name__: c for c in (ZINBVAE, NBVAE, PoissonVAE, GaussianVAE)
+}
