@@ -5,6 +5,7 @@
 >>> model = scvae.ZINBVAE(adata, batch_key="batch")
 >>> model.fit()
 >>> model.write_latent(adata)  # adata.obsm["X_zinbvae"]
+>>> scvae.tl.gmm(adata, use_rep="X_zinbvae")  # adata.obs["gmm"], adata.obsm["gmm_proba"]
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,11 +16,13 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 from scvae import datasets, tl
-from scvae.models import NBVAE, ZINBVAE, GaussianVAE, PoissonVAE
+from scvae.models import GMM, NBVAE, PPCA, ZINBVAE, GaussianVAE, PoissonVAE
 from scvae.train import TrainingDivergedError
 
 __all__ = [
+    "GMM",
     "NBVAE",
+    "PPCA",
     "ZINBVAE",
     "GaussianVAE",
     "PoissonVAE",

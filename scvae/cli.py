@@ -1,4 +1,4 @@
-"""The ``scvae`` command: ``scvae fit``, ``scvae demo``.
+"""The ``scvae`` command: ``scvae fit``, ``scvae cluster``, ``scvae demo``.
 
 Errors in the input print one line on stderr (``scvae: error: ...``) and exit with status 2;
 no output file is written unless the whole command succeeded.
@@ -14,7 +14,13 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-_MODELS = {"zinb": "ZINBVAE", "nb": "NBVAE", "poisson": "PoissonVAE"}
+_MODELS = {
+    "zinb": "ZINBVAE",
+    "nb": "NBVAE",
+    "poisson": "PoissonVAE",
+    "gaussian": "GaussianVAE",
+    "ppca": "PPCA",
+}
 
 
 class CLIError(Exception):
@@ -39,7 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--key-added", default=None, help="key of the results (default: model)")
     fit.add_argument("--save-model", type=Path, default=None, help="directory to save the model")
+    fit.add_argument(
+        "--cluster",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="K",
+        help="cluster the new embedding with a GMM (K components; no K: chosen by BIC)",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cluster = sub.add_parser("cluster", help="GMM clustering of an embedding in obsm")
+    cluster.add_argument("input", type=Path, help="input .h5ad with the embedding")
+    cluster.add_argument("-o", "--output", type=Path, required=True, help="output .h5ad")
+    cluster.add_argument("--use-rep", required=True, help="obsm key of the embedding")
+    cluster.add_argument(
+        "--n-components", type=int, default=None, help="K (default: chosen by BIC)"
+    )
+    cluster.add_argument("--covariance-type", choices=["full", "diag"], default="full")
+    cluster.add_argument("--key-added", default="gmm")
+    cluster.add_argument("--seed", type=int, default=0)
 
     demo = sub.add_parser(
         "demo", help="fit ZINBVAE on the bundled PBMC 3k data; write .h5ad and a UMAP .png"
@@ -86,15 +112,47 @@ def _fit(args: argparse.Namespace) -> None:
     if args.save_model is not None and args.save_model.exists() and any(args.save_model.iterdir()):
         raise CLIError(f"--save-model directory {args.save_model} exists and is not empty")
     adata = _read(args.input)
-    model_class = getattr(scvae, _MODELS[args.model])
-    model = model_class(adata, layer=args.layer, batch_key=args.batch_key, n_latent=args.n_latent)
-    model.fit(max_epochs=args.max_epochs, seed=args.seed, progress_bar=not args.quiet)
-    model.write_latent(adata, key_added=args.key_added)
-    _write_atomically(adata, args.output)
+    if args.model == "ppca":
+        if args.batch_key is not None:
+            raise CLIError("--batch-key does not apply to --model ppca (it has no covariates)")
+        model = scvae.PPCA(adata, layer=args.layer, n_latent=args.n_latent).fit(seed=args.seed)
+    else:
+        model_class = getattr(scvae, _MODELS[args.model])
+        model = model_class(
+            adata, layer=args.layer, batch_key=args.batch_key, n_latent=args.n_latent
+        )
+        model.fit(max_epochs=args.max_epochs, seed=args.seed, progress_bar=not args.quiet)
+    key = args.key_added or model.default_key
+    written = [f"obsm['X_{key}'] ({adata.n_obs} x {args.n_latent})", f"uns['{key}']"]
+    result = adata.copy()
+    model.write_latent(result, key_added=key)
+    if args.cluster is not None:
+        scvae.tl.gmm(result, use_rep=f"X_{key}", n_components=args.cluster or None, seed=args.seed)
+        written.append(f"obs['gmm'] ({result.obs['gmm'].nunique()} clusters)")
+    _write_atomically(result, args.output)
     if args.save_model is not None:
         model.save(args.save_model)
-    key = args.key_added or model.default_key
-    print(f"wrote {args.output}: obsm['X_{key}'] ({adata.n_obs} x {args.n_latent}), uns['{key}']")
+    print(f"wrote {args.output}: {', '.join(written)}")
+
+
+def _cluster(args: argparse.Namespace) -> None:
+    import scvae
+
+    adata = _read(args.input)
+    scvae.tl.gmm(
+        adata,
+        use_rep=args.use_rep,
+        n_components=args.n_components,
+        covariance_type=args.covariance_type,
+        key_added=args.key_added,
+        seed=args.seed,
+    )
+    _write_atomically(adata, args.output)
+    k = adata.obsm[f"{args.key_added}_proba"].shape[1]
+    print(
+        f"wrote {args.output}: obs['{args.key_added}'] ({k} clusters), "
+        f"obsm['{args.key_added}_proba'], uns['{args.key_added}']"
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -135,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "fit":
-            _fit(args)
-        else:
-            _demo(args)
+        {"fit": _fit, "cluster": _cluster, "demo": _demo}[args.command](args)
     except (CLIError, ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"scvae: error: {message}", file=sys.stderr)

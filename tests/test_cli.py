@@ -95,3 +95,76 @@ def test_non_integer_counts_suggest_layer(tmp_path) -> None:
     )
     assert proc.returncode == 2 and "layer='counts'" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_fit_with_cluster_then_cluster_command(h5ad, tmp_path) -> None:
+    out = tmp_path / "out.h5ad"
+    assert (
+        main(
+            [
+                "fit",
+                str(h5ad),
+                "-o",
+                str(out),
+                "--model",
+                "ppca",
+                "--n-latent",
+                "4",
+                "--cluster",
+                "3",
+            ]
+        )
+        == 0
+    )
+    result = ad.read_h5ad(out)
+    assert result.obsm["X_ppca"].shape == (80, 4)
+    assert list(result.obs["gmm"].cat.categories) == ["0", "1", "2"]
+    assert result.obsm["gmm_proba"].shape == (80, 3)
+    again = tmp_path / "again.h5ad"
+    assert (
+        main(
+            [
+                "cluster",
+                str(out),
+                "-o",
+                str(again),
+                "--use-rep",
+                "X_ppca",
+                "--n-components",
+                "2",
+                "--key-added",
+                "k2",
+            ]
+        )
+        == 0
+    )
+    second = ad.read_h5ad(again)
+    assert second.obsm["k2_proba"].shape == (80, 2) and "gmm" in second.obs
+
+
+def test_cluster_unknown_rep_is_one_line(h5ad, tmp_path, capsys) -> None:
+    out = tmp_path / "out.h5ad"
+    assert main(["cluster", str(h5ad), "-o", str(out), "--use-rep", "X_nope"]) == 2
+    err = capsys.readouterr().err
+    assert "use_rep='X_nope' is not in adata.obsm" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_gaussian_model_via_cli(h5ad, tmp_path) -> None:
+    out = tmp_path / "out.h5ad"
+    code = main(
+        [
+            "fit",
+            str(h5ad),
+            "-o",
+            str(out),
+            "--model",
+            "gaussian",
+            "--max-epochs",
+            "2",
+            "--quiet",
+            "--batch-key",
+            "batch",
+        ]
+    )
+    assert code == 0 and ad.read_h5ad(out).obsm["X_gaussianvae"].shape == (80, 10)
