@@ -4,7 +4,8 @@ Everything that touches a user's AnnData goes through :func:`read_training_data`
 :func:`read_query_data`. They only read: the AnnData is never modified, no column is added,
 and the count matrix is never densified as a whole (it becomes one CSR copy in float32).
 Minibatches are gathered from that CSR by index, on the training device, by
-:class:`CSRMinibatches`: no torch DataLoader and no per-batch AnnData slicing.
+:class:`CSRMinibatches`: no torch DataLoader and no per-batch AnnData slicing. Each minibatch
+also carries its non-zeros in coordinate form, for the sparse likelihoods.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+
+from scvae.distributions import NonZeros
 
 __all__ = [
     "CSRMinibatches",
@@ -366,6 +369,11 @@ class CSRMinibatches:
         self.col = torch.from_numpy(X.indices.astype(np.int64))  # (nnz,)
         self.val = torch.from_numpy(X.data.astype(np.float32))  # (nnz,)
         self.batch_index = torch.from_numpy(data.batch_index)  # (N,)
+        # sum_g lgamma(x_g + 1) per cell: data-only term of the count likelihoods, computed once
+        row_of_nz = torch.repeat_interleave(torch.arange(X.shape[0]), torch.diff(self.crow))
+        self.log_x_factorial = torch.zeros(X.shape[0]).index_add_(
+            0, row_of_nz, torch.lgamma(self.val + 1)
+        )  # (N,)
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -376,7 +384,7 @@ class CSRMinibatches:
     def to(self, device: torch.device | str) -> CSRMinibatches:
         """Move the counts to ``device`` (once); minibatches are then gathered there."""
         device = torch.device(device)
-        for name in ("crow", "col", "val", "batch_index", "indices"):
+        for name in ("crow", "col", "val", "batch_index", "log_x_factorial", "indices"):
             setattr(self, name, getattr(self, name).to(device))
         self.device = device
         return self
@@ -385,8 +393,8 @@ class CSRMinibatches:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense counts (B, G) and batch codes (B,) of the cells at positions ``rows``."""
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, NonZeros]:
+        """Dense counts (B, G), batch codes (B,) and the non-zeros of the cells at ``rows``."""
         start = self.crow[rows]  # (B,)
         n_nz = self.crow[rows + 1] - start  # (B,)
         row_of_nz = torch.repeat_interleave(
@@ -398,11 +406,13 @@ class CSRMinibatches:
             - first_nz[row_of_nz]
             + start[row_of_nz]
         )  # (nnz_B,) positions in col/val
+        col, val = self.col[position], self.val[position]  # (nnz_B,)
         x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
-        x[row_of_nz, self.col[position]] = self.val[position]
-        return x, self.batch_index[rows]
+        x[row_of_nz, col] = val
+        nz = NonZeros(row_of_nz, col, val, self.log_x_factorial[rows], len(rows))
+        return x, self.batch_index[rows], nz
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, NonZeros]]:
         order = self.indices
         if self.shuffle:
             perm = torch.randperm(len(order), generator=self.generator).to(order.device)

@@ -31,7 +31,7 @@ class TrainingPlan(pl.LightningModule):
     Parameters
     ----------
     module
-        A torch module with ``loss(x, batch_index, *, kl_weight)`` (see
+        A torch module with ``loss(x, batch_index, *, nz, kl_weight)`` (see
         :class:`scvae.module.vae.VAEModule`).
     train_loader, val_loader
         Device-resident minibatch iterables; they are moved to the training device at fit start.
@@ -89,10 +89,10 @@ class TrainingPlan(pl.LightningModule):
         return self.val_loader if self.val_loader is not None else []
 
     # ---------------------------------------------------------------------------------- steps
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, batch_index = batch
+    def _step(self, batch: tuple, stage: str) -> torch.Tensor:
+        x, batch_index, nz = batch
         kl_weight = self.kl_weight if stage == "train" else 1.0
-        out = self.module.loss(x, batch_index, kl_weight=kl_weight)
+        out = self.module.loss(x, batch_index, nz=nz, kl_weight=kl_weight)
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(self._divergence_message(stage))
         sums = self._sums.setdefault(stage, defaultdict(float))

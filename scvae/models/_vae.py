@@ -24,6 +24,7 @@ from scvae.data import (
     read_query_data,
     read_training_data,
 )
+from scvae.distributions import NonZeros
 from scvae.module.vae import DISPERSIONS, LIBRARIES, VAEModule
 from scvae.train import EarlyStoppingAfterWarmup, TrainingDivergedError, TrainingPlan, make_trainer
 
@@ -308,7 +309,7 @@ class VAEModel:
 
     def _minibatches(
         self, data: CellData, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, NonZeros]]:
         self.module.to(self.device).eval()
         loader = CSRMinibatches(
             data, np.arange(data.X.shape[0]), batch_size=batch_size, shuffle=False
@@ -358,7 +359,7 @@ class VAEModel:
         data = self._cells(adata)
         with _seeded(seed, self.device):
             chunks = []
-            for x, b in self._minibatches(data, batch_size):
+            for x, b, _nz in self._minibatches(data, batch_size):
                 qz = self.module.inference(x, b).qz
                 chunks.append((qz.loc if give_mean else qz.sample()).cpu())
         return torch.cat(chunks).numpy()
@@ -438,7 +439,7 @@ class VAEModel:
         data = self._cells(adata)
         code = None if transform_batch is None else self._batch_code(transform_batch)
         chunks = []
-        for x, b in self._minibatches(data, batch_size):
+        for x, b, _nz in self._minibatches(data, batch_size):
             z = self.module.inference(x, b).qz.loc  # (B, L)
             b_dec = b if code is None else torch.full_like(b, code)
             chunks.append(self.module.denoised(z, b_dec, library_size=library_size).cpu())
@@ -464,10 +465,10 @@ class VAEModel:
         data = self._cells(adata)
         out = []
         with _seeded(seed, self.device):
-            for x, b in self._minibatches(data, batch_size):
+            for x, b, nz in self._minibatches(data, batch_size):
                 total = torch.zeros(x.shape[0], device=x.device)
                 for _ in range(n_samples):
-                    total += self.module.loss(x, b).elbo
+                    total += self.module.loss(x, b, nz=nz).elbo
                 out.append((total / n_samples).cpu())
         return torch.cat(out).double().numpy()
 
@@ -493,11 +494,13 @@ class VAEModel:
         samples_per_block = max(1, min(n_samples, _SCORING_BUDGET // (cells_per_chunk * n_genes)))
         out = []
         with _seeded(seed, self.device):
-            for x, b in self._minibatches(data, cells_per_chunk):
+            for x, b, nz in self._minibatches(data, cells_per_chunk):
                 log_w = []
                 for start in range(0, n_samples, samples_per_block):
                     k = min(samples_per_block, n_samples - start)
-                    log_w.append(self.module.log_importance_weights(x, b, n_samples=k).double())
+                    log_w.append(
+                        self.module.log_importance_weights(x, b, n_samples=k, nz=nz).double()
+                    )
                 out.append(VAEModule.iwae_estimate(torch.cat(log_w)).cpu())
         return torch.cat(out).numpy()
 
@@ -521,7 +524,7 @@ class VAEModel:
         data = self._cells(adata)
         out = []
         with _seeded(seed, self.device):
-            for x, b in self._minibatches(data, batch_size):
+            for x, b, _nz in self._minibatches(data, batch_size):
                 inf = self.module.inference(x, b, n_samples=n_samples)
                 gen = self.module.generative(inf.z, inf.log_library, b)
                 out.append(self.module.sample_counts(gen).cpu())  # (K, B, G)
