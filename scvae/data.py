@@ -379,13 +379,41 @@ class CSRMinibatches:
         self.shuffle = shuffle
         self.drop_last = drop_last and len(self.indices) > batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.device = torch.device("cpu")
+        self.device = torch.device("cpu")  # where minibatches are served
 
-    def to(self, device: torch.device | str) -> CSRMinibatches:
-        """Move the counts to ``device`` (once); minibatches are then gathered there."""
+    _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored counts and per-cell vectors."""
+        return sum(
+            getattr(self, n).element_size() * getattr(self, n).numel() for n in self._STORAGE
+        )
+
+    def to(self, device: torch.device | str, *, resident: bool | None = None) -> CSRMinibatches:
+        """Serve minibatches on ``device``.
+
+        Parameters
+        ----------
+        device
+            Where minibatches are consumed.
+        resident
+            Copy the counts to ``device`` once and gather there (fast path). False streams:
+            the counts stay in (pinned) host memory, each minibatch is gathered on the host and
+            copied asynchronously. None: resident unless the counts take more than half of
+            the free memory of a CUDA device.
+        """
         device = torch.device(device)
-        for name in ("crow", "col", "val", "batch_index", "log_x_factorial", "indices"):
-            setattr(self, name, getattr(self, name).to(device))
+        if resident is None:
+            resident = (
+                device.type != "cuda" or self.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]
+            )
+        storage = device if resident else torch.device("cpu")
+        for name in self._STORAGE:
+            tensor = getattr(self, name).to(storage)
+            if storage.type == "cpu" and device.type == "cuda":
+                tensor = tensor.pin_memory()
+            setattr(self, name, tensor)
         self.device = device
         return self
 
@@ -417,6 +445,13 @@ class CSRMinibatches:
         if self.shuffle:
             perm = torch.randperm(len(order), generator=self.generator).to(order.device)
             order = order[perm]
-        n_batches = len(self)
-        for b in range(n_batches):
-            yield self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
+        streaming = order.device != self.device
+        for b in range(len(self)):
+            x, batch_index, nz = self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
+            if streaming:
+                move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+                x, batch_index = move(x), move(batch_index)
+                nz = NonZeros(
+                    move(nz.row), move(nz.col), move(nz.x), move(nz.log_x_factorial), nz.n_cells
+                )
+            yield x, batch_index, nz

@@ -217,12 +217,20 @@ def log_poisson_sum(nz: NonZeros, mu: torch.Tensor, log_mu: torch.Tensor) -> tor
 def _nb_nonzero_minus_zero(
     nz: NonZeros, log_mu: torch.Tensor, theta: torch.Tensor, log_theta_ratio: torch.Tensor
 ) -> torch.Tensor:
-    """``log NB(x) + lgamma(x + 1) - log NB(0)`` at the non-zeros: (..., nnz)."""
+    """``log NB(x) + lgamma(x + 1) - log NB(0)`` at the non-zeros: (..., nnz).
+
+    Per-gene terms (``lgamma(theta_g)``, ``log theta_g``) are computed once per gene and then
+    gathered when ``theta`` is gene-wise.
+    """
     theta_nz = nz.at(theta)  # (..., nnz)
+    if theta.dim() == 1:
+        lgamma_theta_nz, log_theta_nz = nz.at(torch.lgamma(theta)), nz.at(torch.log(theta))
+    else:
+        lgamma_theta_nz, log_theta_nz = torch.lgamma(theta_nz), torch.log(theta_nz)
     return (
         torch.lgamma(nz.x + theta_nz)
-        - torch.lgamma(theta_nz)
-        + nz.x * (nz.at(log_mu) - torch.log(theta_nz) + nz.at(log_theta_ratio))
+        - lgamma_theta_nz
+        + nz.x * (nz.at(log_mu) - log_theta_nz + nz.at(log_theta_ratio))
     )
 
 

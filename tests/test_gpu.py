@@ -42,3 +42,19 @@ def test_same_seed_same_latent_on_cuda(sim) -> None:
         return m.get_latent()
 
     np.testing.assert_allclose(fit(), fit(), rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_path_gives_the_same_batches(sim) -> None:
+    from scvae.data import CSRMinibatches, read_training_data
+
+    _, data = read_training_data(sim, layer=None, batch_key="batch")
+    idx = np.arange(sim.n_obs)
+    resident = CSRMinibatches(data, idx, batch_size=64, shuffle=True, seed=3).to("cuda")
+    streamed = CSRMinibatches(data, idx, batch_size=64, shuffle=True, seed=3).to(
+        "cuda", resident=False
+    )
+    for (x1, b1, nz1), (x2, b2, nz2) in zip(resident, streamed, strict=True):
+        torch.testing.assert_close(b1, b2)
+        assert x2.is_cuda and nz2.x.is_cuda
+        torch.testing.assert_close(x1, x2)
+        torch.testing.assert_close(nz1.log_x_factorial, nz2.log_x_factorial)

@@ -158,3 +158,20 @@ def test_bad_options() -> None:
         model.fit(train_size=1.0)
     with pytest.raises(TypeError, match="Expected an AnnData"):
         scvae.ZINBVAE(adata.X)
+
+
+def test_minibatches_match_the_matrix_and_cover_every_cell(small: AnnData) -> None:
+    import torch
+
+    from scvae.data import CSRMinibatches, read_training_data
+
+    _, data = read_training_data(small, layer=None, batch_key="batch")
+    loader = CSRMinibatches(data, np.arange(small.n_obs), batch_size=16, shuffle=False)
+    xs = [x for x, _, _ in loader]
+    np.testing.assert_array_equal(torch.cat(xs).numpy(), small.X.toarray())
+    shuffled = CSRMinibatches(data, np.arange(small.n_obs), batch_size=16, shuffle=True, seed=1)
+    totals = torch.cat([x.sum(1) for x, _, _ in shuffled]).sort().values.numpy()
+    np.testing.assert_allclose(totals, np.sort(np.asarray(small.X.sum(1)).ravel()))
+    for x, _, nz in shuffled:
+        expected = torch.lgamma(x + 1).sum(1)
+        torch.testing.assert_close(nz.log_x_factorial, expected)
