@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 import warnings
 from collections import defaultdict
 
@@ -75,7 +76,8 @@ class TrainingPlan(pl.LightningModule):
         return self.global_step >= self.n_steps_kl_warmup
 
     def on_fit_start(self) -> None:
-        """Put the counts on the training device once."""
+        """Put the counts on the training device once; start the clock of ``history["time"]``."""
+        self._fit_start = time.perf_counter()
         self.train_loader.to(self.device)
         if self.val_loader is not None:
             self.val_loader.to(self.device)
@@ -146,7 +148,12 @@ class TrainingPlan(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Record one row of history: train and validation means of this epoch."""
-        row = {"epoch": self.current_epoch, "step": self.global_step, "kl_weight": self.kl_weight}
+        row = {
+            "epoch": self.current_epoch,
+            "step": self.global_step,
+            "kl_weight": self.kl_weight,
+            "time": time.perf_counter() - self._fit_start,
+        }
         row.update(self._epoch_means("train"))
         row.update(getattr(self, "_pending_validation", {}))
         self._pending_validation = {}
@@ -156,7 +163,7 @@ class TrainingPlan(pl.LightningModule):
 
     @property
     def history(self) -> pd.DataFrame:
-        """Per-epoch train/validation ELBO, reconstruction, KL terms and KL weight."""
+        """Per-epoch train/validation ELBO, reconstruction, KL terms, KL weight, elapsed seconds."""
         return (
             pd.DataFrame(self.history_rows).set_index("epoch")
             if self.history_rows

@@ -167,6 +167,7 @@ class VAEModel:
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         progress_bar: bool = True,
+        callbacks: Sequence[pl.Callback] = (),
     ) -> VAEModel:
         """Fit by maximizing the ELBO with amortized, reparameterized minibatch VI.
 
@@ -198,11 +199,13 @@ class VAEModel:
             Lightning's; "auto" uses one GPU when present, else the CPU.
         progress_bar
             Show Lightning's progress bar.
+        callbacks
+            Extra Lightning callbacks (they see the :class:`~scvae.train.TrainingPlan`).
 
         Returns
         -------
         The fitted model (``self``); :attr:`history` holds per-epoch train/validation ELBO,
-        reconstruction and KL terms.
+        reconstruction and KL terms, KL weight and elapsed seconds (``time``).
 
         Raises
         ------
@@ -253,7 +256,7 @@ class VAEModel:
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            callbacks=[stopper] if stopper else [],
+            callbacks=([stopper] if stopper else []) + list(callbacks),
             progress_bar=progress_bar,
             check_val=val_loader is not None,
         )
