@@ -12,7 +12,6 @@ import logging
 import math
 import time
 import warnings
-from collections import defaultdict
 
 import lightning.pytorch as pl
 import pandas as pd
@@ -59,7 +58,7 @@ class TrainingPlan(pl.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.n_steps_kl_warmup = n_steps_kl_warmup
-        self._sums: dict[str, dict[str, float]] = {}
+        self._sums: dict[str, tuple[int, torch.Tensor]] = {}
         self.history_rows: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------------------- helpers
@@ -91,18 +90,23 @@ class TrainingPlan(pl.LightningModule):
         return self.val_loader if self.val_loader is not None else []
 
     # ---------------------------------------------------------------------------------- steps
+    _TERMS = ("loss", "reconstruction", "kl_z", "kl_l", "elbo")
+
     def _step(self, batch: tuple, stage: str) -> torch.Tensor:
         x, batch_index, nz = batch
         kl_weight = self.kl_weight if stage == "train" else 1.0
         out = self.module.loss(x, batch_index, nz=nz, kl_weight=kl_weight)
-        if not torch.isfinite(out.loss):
+        # a finiteness check syncs the device: every step on the CPU, every 100 on a GPU (and
+        # on the epoch sums), so CUDA steps are never stalled by it
+        if (x.device.type == "cpu" or self.global_step % 100 == 0) and not torch.isfinite(out.loss):
             raise TrainingDivergedError(self._divergence_message(stage))
-        sums = self._sums.setdefault(stage, defaultdict(float))
         n = x.shape[0]
-        sums["n_cells"] += n
-        sums["loss"] += out.loss.detach().item() * n
-        for name in ("reconstruction", "kl_z", "kl_l", "elbo"):
-            sums[name] += getattr(out, name).detach().sum().item()
+        terms = torch.stack(
+            [out.loss.detach() * n]
+            + [getattr(out, name).detach().sum() for name in self._TERMS[1:]]
+        )  # (5,) sums over the minibatch, kept on the device
+        count, total = self._sums.get(stage, (0, 0.0))
+        self._sums[stage] = (count + n, total + terms)
         return out.loss
 
     def _divergence_message(self, stage: str) -> str:
@@ -130,11 +134,13 @@ class TrainingPlan(pl.LightningModule):
 
     # -------------------------------------------------------------------------------- history
     def _epoch_means(self, stage: str) -> dict[str, float]:
-        sums = self._sums.pop(stage, None)
-        if not sums or not sums["n_cells"]:
+        count, total = self._sums.pop(stage, (0, None))
+        if not count:
             return {}
-        n = sums.pop("n_cells")
-        return {f"{stage}_{k}": v / n for k, v in sums.items()}
+        means = (total / count).tolist()  # one device sync per epoch
+        if not math.isfinite(means[0]):
+            raise TrainingDivergedError(self._divergence_message(stage))
+        return {f"{stage}_{name}": value for name, value in zip(self._TERMS, means, strict=True)}
 
     def on_validation_epoch_end(self) -> None:
         """Log the validation means so callbacks can read them."""
