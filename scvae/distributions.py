@@ -206,65 +206,71 @@ class NonZeros:
         return out.index_add(-1, self.row, v)
 
 
-def log_poisson_sum(nz: NonZeros, mu: torch.Tensor, log_mu: torch.Tensor) -> torch.Tensor:
+def log_poisson_sum(nz: NonZeros, log_mu: torch.Tensor) -> torch.Tensor:
     """``sum_g log Poisson(x_g; mu_g)`` per cell from the non-zeros: (..., B).
 
-    ``mu`` and ``log_mu`` are (..., B, G); ``log_mu`` is passed to avoid ``log(exp(.))``.
+    ``log_mu`` is (..., B, G): the log-mean is passed so that ``log(exp(.))`` never happens.
     """
-    return -mu.sum(-1) + nz.row_sum(nz.x * nz.at(log_mu)) - nz.log_x_factorial
+    return -torch.exp(log_mu).sum(-1) + nz.row_sum(nz.x * nz.at(log_mu)) - nz.log_x_factorial
 
 
-def _nb_nonzero_minus_zero(
-    nz: NonZeros, log_mu: torch.Tensor, theta: torch.Tensor, log_theta_ratio: torch.Tensor
+def _log1p_mu_over_theta(log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """``log(1 + mu / theta) = softplus(log mu - log theta)``, without forming ``mu``."""
+    return F.softplus(log_mu - log_theta, threshold=30.0)
+
+
+def _nb_correction(
+    nz: NonZeros, log_mu: torch.Tensor, log_theta: torch.Tensor, log1p_ratio: torch.Tensor
 ) -> torch.Tensor:
     """``log NB(x) + lgamma(x + 1) - log NB(0)`` at the non-zeros: (..., nnz).
 
-    Per-gene terms (``lgamma(theta_g)``, ``log theta_g``) are computed once per gene and then
-    gathered when ``theta`` is gene-wise.
+    ``= lgamma(x + theta) - lgamma(theta) + x (log mu - log theta - log(1 + mu/theta))``.
+    ``lgamma(theta_g)`` is computed once per gene and gathered when ``theta`` is gene-wise.
     """
-    theta_nz = nz.at(theta)  # (..., nnz)
-    if theta.dim() == 1:
-        lgamma_theta_nz, log_theta_nz = nz.at(torch.lgamma(theta)), nz.at(torch.log(theta))
+    if log_theta.dim() == 1:
+        theta = torch.exp(log_theta)  # (G,)
+        theta_nz, lgamma_theta_nz = nz.at(theta), nz.at(torch.lgamma(theta))
     else:
-        lgamma_theta_nz, log_theta_nz = torch.lgamma(theta_nz), torch.log(theta_nz)
+        theta_nz = torch.exp(nz.at(log_theta))  # (..., nnz)
+        lgamma_theta_nz = torch.lgamma(theta_nz)
     return (
         torch.lgamma(nz.x + theta_nz)
         - lgamma_theta_nz
-        + nz.x * (nz.at(log_mu) - log_theta_nz + nz.at(log_theta_ratio))
+        + nz.x * (nz.at(log_mu) - nz.at(log_theta) - nz.at(log1p_ratio))
     )
 
 
-def log_nb_sum(
-    nz: NonZeros, mu: torch.Tensor, log_mu: torch.Tensor, theta: torch.Tensor
-) -> torch.Tensor:
+def log_nb_sum(nz: NonZeros, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
     """``sum_g log NB(x_g; mu_g, theta_g)`` per cell from the non-zeros: (..., B).
 
-    ``theta`` is (G,), (B, G) or (..., B, G).
+    ``log_mu`` is (..., B, G); ``log_theta`` is (G,), (B, G) or (..., B, G).
+    Dense work: one softplus and one product per entry (``log NB(0) = -theta log(1 + mu/theta)``).
     """
-    log_theta_ratio = -torch.log1p(mu / theta)  # (..., B, G) log(theta / (theta + mu))
-    log_p_zero = (theta * log_theta_ratio).sum(-1)  # (..., B) every gene at x = 0
-    correction = _nb_nonzero_minus_zero(nz, log_mu, theta, log_theta_ratio)  # (..., nnz)
+    log1p_ratio = _log1p_mu_over_theta(log_mu, log_theta)  # (..., B, G)
+    log_p_zero = -(torch.exp(log_theta) * log1p_ratio).sum(-1)  # (..., B) all genes at x = 0
+    correction = _nb_correction(nz, log_mu, log_theta, log1p_ratio)  # (..., nnz)
     return log_p_zero + nz.row_sum(correction) - nz.log_x_factorial
 
 
 def log_zinb_sum(
-    nz: NonZeros,
-    mu: torch.Tensor,
-    log_mu: torch.Tensor,
-    theta: torch.Tensor,
-    zi_logits: torch.Tensor,
+    nz: NonZeros, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor
 ) -> torch.Tensor:
-    """``sum_g log ZINB(x_g; mu_g, theta_g, pi_g)`` per cell from the non-zeros: (..., B)."""
-    log_theta_ratio = -torch.log1p(mu / theta)  # (..., B, G)
-    log_one_minus_gate = -F.softplus(zi_logits)  # (..., B, G) log(1 - pi)
-    case_zero = torch.logaddexp(
-        -F.softplus(-zi_logits), log_one_minus_gate + theta * log_theta_ratio
-    )  # (..., B, G) log ZINB(0)
-    nb_correction = _nb_nonzero_minus_zero(nz, log_mu, theta, log_theta_ratio)  # (..., nnz)
-    # log ZINB(x) - log ZINB(0) = log(1 - pi) + log NB(0) + correction - log ZINB(0)
-    log_nb_zero = nz.at(theta) * nz.at(log_theta_ratio)  # (..., nnz)
-    correction = nz.at(log_one_minus_gate) + log_nb_zero + nb_correction - nz.at(case_zero)
-    return case_zero.sum(-1) + nz.row_sum(correction) - nz.log_x_factorial
+    """``sum_g log ZINB(x_g; mu_g, theta_g, pi_g)`` per cell from the non-zeros: (..., B).
+
+    With ``pi = sigmoid(h)``: ``log ZINB(0) = logaddexp(h, log NB(0)) - softplus(h)`` and
+    ``log ZINB(x) = log NB(x) - softplus(h)`` for ``x > 0``, so the ``softplus(h)`` cancels in
+    the correction at the non-zeros.
+    """
+    log1p_ratio = _log1p_mu_over_theta(log_mu, log_theta)  # (..., B, G)
+    log_nb_zero = -torch.exp(log_theta) * log1p_ratio  # (..., B, G) log NB(0)
+    zero_unnormalised = torch.logaddexp(zi_logits, log_nb_zero)  # (..., B, G)
+    dense = zero_unnormalised.sum(-1) - F.softplus(zi_logits).sum(-1)  # (..., B) all x = 0
+    correction = (
+        nz.at(log_nb_zero)
+        + _nb_correction(nz, log_mu, log_theta, log1p_ratio)
+        - nz.at(zero_unnormalised)
+    )  # (..., nnz) log ZINB(x) - log ZINB(0) + lgamma(x + 1)
+    return dense + nz.row_sum(correction) - nz.log_x_factorial
 
 
 def log_gaussian_sum(nz: NonZeros, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -169,27 +169,25 @@ def test_sparse_sums_equal_dense_formulas(k, theta_shape) -> None:
 
     x, log_mu, g, lead, B, G = _sparse_case(1, k)
     shape = {"gene": (G,), "gene-batch": (B, G), "gene-cell": (*lead, B, G)}[theta_shape]
-    theta = torch.exp(torch.randn(*shape, generator=g, dtype=torch.float64))
+    log_theta = torch.randn(*shape, generator=g, dtype=torch.float64)
     zi = torch.randn(*lead, B, G, generator=g, dtype=torch.float64)
-    log_mu.requires_grad_(True)
-    theta.requires_grad_(True)
-    zi.requires_grad_(True)
-    mu = torch.exp(log_mu)
+    for t in (log_mu, log_theta, zi):
+        t.requires_grad_(True)
+    mu, theta = torch.exp(log_mu), torch.exp(log_theta)
     nz = NonZeros.from_dense(x)
     pairs = [
-        (log_poisson_sum(nz, mu, log_mu), log_poisson(x, mu).sum(-1)),
-        (log_nb_sum(nz, mu, log_mu, theta), log_nb(x, mu, theta).sum(-1)),
-        (log_zinb_sum(nz, mu, log_mu, theta, zi), log_zinb(x, mu, theta, zi).sum(-1)),
+        (log_poisson_sum(nz, log_mu), log_poisson(x, mu).sum(-1)),
+        (log_nb_sum(nz, log_mu, log_theta), log_nb(x, mu, theta).sum(-1)),
+        (log_zinb_sum(nz, log_mu, log_theta, zi), log_zinb(x, mu, theta, zi).sum(-1)),
     ]
+    inputs = (log_mu, log_theta, zi)
     for sparse, dense in pairs:
         assert sparse.shape == (*lead, B)
         torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-10)
         grads_sparse = torch.autograd.grad(
-            sparse.sum(), (log_mu, theta, zi), allow_unused=True, retain_graph=True
+            sparse.sum(), inputs, allow_unused=True, retain_graph=True
         )
-        grads_dense = torch.autograd.grad(
-            dense.sum(), (log_mu, theta, zi), allow_unused=True, retain_graph=True
-        )
+        grads_dense = torch.autograd.grad(dense.sum(), inputs, allow_unused=True, retain_graph=True)
         for a, b in zip(grads_sparse, grads_dense, strict=True):
             if b is not None:
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
@@ -202,6 +200,22 @@ def test_sparse_sums_equal_dense_formulas(k, theta_shape) -> None:
     log_var = torch.randn(G, generator=g, dtype=torch.float64)
     dense = torch.distributions.Normal(log_mu, torch.exp(0.5 * log_var)).log_prob(values).sum(-1)
     torch.testing.assert_close(log_gaussian_sum(nz_values, log_mu, log_var), dense)
+
+
+def test_sparse_sums_at_extremes_match_the_exact_reference() -> None:
+    """Tiny/huge means and dispersions, where softplus/log1p forms could lose digits."""
+    from scvae.distributions import NonZeros, log_nb_sum, log_zinb_sum
+
+    x = t([[0.0, 1.0, 0.0, 17.0, 1000.0, 0.0]])
+    mus = t([[1e-8, 1e-3, 250.0, 1e5, 3.0, 1e5]])
+    thetas = t([1e-4, 1e6, 12.0, 0.05, 1e3, 1.0])
+    pairs = zip(x[0].tolist(), mus[0].tolist(), thetas.tolist(), strict=True)
+    exact = sum(exact_nb(xi, m, th)[0] for xi, m, th in pairs)
+    nz = NonZeros.from_dense(x)
+    value = log_nb_sum(nz, torch.log(mus), torch.log(thetas)).item()
+    np.testing.assert_allclose(value, exact, rtol=1e-9)
+    closed = log_zinb_sum(nz, torch.log(mus), torch.log(thetas), t([[-200.0] * 6])).item()
+    np.testing.assert_allclose(closed, exact, rtol=1e-9)
 
 
 def test_module_sparse_and_dense_likelihoods_agree() -> None:

@@ -67,16 +67,27 @@ class Inference:
 
 @dataclass
 class Generative:
-    """Parameters of ``p(x | z, l, s)``, each (N, G) or (K, N, G); theta/zi_logits may be None.
+    """Parameters of ``p(x | z, l, s)``, each (N, G) or (K, N, G).
 
-    For the Gaussian likelihood ``mu`` is the mean and ``log_rho``/``log_mu`` are None.
+    Count models: ``log_rho``, ``log_mu = log l + log rho``, ``log_theta`` ((G,), (N, G) or
+    per cell; None for Poisson) and ``zi_logits`` (None unless ZINB). Gaussian: ``mean``.
     """
 
-    log_rho: torch.Tensor | None
-    log_mu: torch.Tensor | None
-    mu: torch.Tensor
-    theta: torch.Tensor | None
-    zi_logits: torch.Tensor | None
+    log_rho: torch.Tensor | None = None
+    log_mu: torch.Tensor | None = None
+    log_theta: torch.Tensor | None = None
+    zi_logits: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """Mean of ``p(x | z, l, s)`` (computed on demand: the sparse likelihoods skip it)."""
+        return self.mean if self.mean is not None else torch.exp(self.log_mu)
+
+    @property
+    def theta(self) -> torch.Tensor | None:
+        """Inverse dispersion, or None."""
+        return None if self.log_theta is None else torch.exp(self.log_theta)
 
 
 @dataclass
@@ -211,22 +222,21 @@ class VAEModule(nn.Module):
         batch_flat = batch_index.expand(lead).reshape(-1)  # (K*N,)
         if self.likelihood == "gaussian":
             mean = self.decoder(z_flat, batch_flat).reshape(*lead, self.n_genes)  # ([K,] N, G)
-            return Generative(log_rho=None, log_mu=None, mu=mean, theta=None, zi_logits=None)
+            return Generative(mean=mean)
         log_rho, zi_logits, log_theta_cell = self.decoder(z_flat, batch_flat)  # (K*N, G) each
         log_rho = log_rho.reshape(*lead, self.n_genes)  # ([K,] N, G)
         log_mu = log_library + log_rho  # ([K,] N, G) log(l * rho)
-        mu = torch.exp(log_mu)  # ([K,] N, G)
         if zi_logits is not None:
             zi_logits = zi_logits.reshape(*lead, self.n_genes)
         if self.likelihood == "poisson":
-            theta = None
+            log_theta = None
         elif self.dispersion == "gene-cell":
-            theta = torch.exp(log_theta_cell.reshape(*lead, self.n_genes))  # ([K,] N, G)
+            log_theta = log_theta_cell.reshape(*lead, self.n_genes)  # ([K,] N, G)
         elif self.dispersion == "gene":
-            theta = torch.exp(self.log_theta)  # (G,)
+            log_theta = self.log_theta  # (G,)
         else:
-            theta = torch.exp(self.log_theta)[batch_index]  # (N, G)
-        return Generative(log_rho=log_rho, log_mu=log_mu, mu=mu, theta=theta, zi_logits=zi_logits)
+            log_theta = self.log_theta[batch_index]  # (N, G)
+        return Generative(log_rho=log_rho, log_mu=log_mu, log_theta=log_theta, zi_logits=zi_logits)
 
     def log_likelihood(
         self, x: torch.Tensor, gen: Generative, *, nz: NonZeros | None = None
@@ -242,12 +252,12 @@ class VAEModule(nn.Module):
 
     def _log_likelihood_sparse(self, nz: NonZeros, gen: Generative) -> torch.Tensor:
         if self.likelihood == "gaussian":
-            return log_gaussian_sum(nz, gen.mu, self.log_var)
+            return log_gaussian_sum(nz, gen.mean, self.log_var)
         if self.likelihood == "poisson":
-            return log_poisson_sum(nz, gen.mu, gen.log_mu)
+            return log_poisson_sum(nz, gen.log_mu)
         if self.likelihood == "nb":
-            return log_nb_sum(nz, gen.mu, gen.log_mu, gen.theta)
-        return log_zinb_sum(nz, gen.mu, gen.log_mu, gen.theta, gen.zi_logits)
+            return log_nb_sum(nz, gen.log_mu, gen.log_theta)
+        return log_zinb_sum(nz, gen.log_mu, gen.log_theta, gen.zi_logits)
 
     def _log_likelihood_dense(self, x: torch.Tensor, gen: Generative) -> torch.Tensor:
         """The element-wise formulas summed over genes: the reference for the sparse form."""
