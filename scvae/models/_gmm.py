@@ -110,7 +110,10 @@ class GMM:
         ``"full"`` or ``"diag"``.
     n_init, max_iter, tol, reg_covar
         EM settings (restarts, iterations, tolerance on the mean log-likelihood per cell,
-        diagonal regularisation).
+        diagonal regularisation). The default ``reg_covar=1e-6`` suits embeddings. On
+        high-dimensional, zero-heavy data (genes) a component whose cells are all zero in
+        a gene gets a variance of ``reg_covar`` there, and held-out cells with a count in that
+        gene score absurdly low: use a larger floor (e.g. 0.1) for such data.
     """
 
     default_key: ClassVar[str] = "gmm"

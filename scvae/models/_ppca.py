@@ -56,7 +56,10 @@ class PPCA:
     ddof
         Divisor of the sample covariance is ``n - ddof``. The default 0 is the maximum-likelihood
         estimate of Tipping & Bishop, which maximizes the very log-likelihood the model reports;
-        ``ddof=1`` reproduces :class:`sklearn.decomposition.PCA`'s ``score_samples``.
+        ``ddof=1`` reproduces :class:`sklearn.decomposition.PCA`'s ``score_samples`` when there
+        are more cells than genes. With fewer cells than genes sklearn averages the discarded
+        eigenvalues over ``min(n, G) - L`` instead of ``G - L``: a different noise variance,
+        not the maximum-likelihood one.
 
     Examples
     --------

@@ -10,7 +10,9 @@ form: with ``(U_L, Lambda_L)`` the top ``L`` eigenpairs of the sample covariance
 * ``W = U_L (Lambda_L - sigma^2 I)^(1/2)`` (up to a rotation, fixed here to the identity).
 
 ``S`` divides by ``n - ddof``; ``ddof=0`` (the default) is the ML estimate, ``ddof=1`` is the
-unbiased covariance that :class:`sklearn.decomposition.PCA` uses. Every quantity that touches
+unbiased covariance that :class:`sklearn.decomposition.PCA` uses (which matches sklearn only
+for ``n > G``: with fewer samples than features sklearn averages the discarded eigenvalues
+over ``min(n, G) - L`` rather than ``G - L``). Every quantity that touches
 the ``G x G`` covariance ``C`` goes through the ``L x L`` matrix ``M = W^T W + sigma^2 I``
 (Woodbury identity and matrix determinant lemma), so nothing ``G x G`` is formed unless the
 exact eigensolver is chosen for a small ``G``.
@@ -351,7 +353,7 @@ def fit_ppca(
     ddof
         The sample covariance divides by ``N - ddof``. ``0`` (default) gives the
         maximum-likelihood estimate of the PPCA model; ``1`` gives the unbiased covariance
-        used by :class:`sklearn.decomposition.PCA`.
+        used by :class:`sklearn.decomposition.PCA` (same scores as sklearn when ``N > G``).
     seed
         Seed of the random starting block of the randomized eigensolver.
     solver
