@@ -138,8 +138,9 @@ class CountDecoder(nn.Module):
         Dimension of ``z``.
     n_genes
         Number of genes ``G``.
-    n_hidden, n_layers, n_batch, dropout_rate
-        As in :class:`MLP`.
+    n_hidden, n_layers, n_batch
+        As in :class:`MLP`. The decoder has no dropout: it is the generative model
+        ``p(x | z, s)``, and dropout there would make the likelihood itself noisy (as in scVI).
     gene_cell_dispersion
         Also output a per-cell, per-gene log inverse dispersion (``dispersion="gene-cell"``).
     zero_inflation
@@ -154,14 +155,11 @@ class CountDecoder(nn.Module):
         n_hidden: int,
         n_layers: int,
         n_batch: int,
-        dropout_rate: float,
         gene_cell_dispersion: bool,
         zero_inflation: bool,
     ) -> None:
         super().__init__()
-        self.mlp = MLP(
-            n_latent, n_hidden, n_layers=n_layers, n_batch=n_batch, dropout_rate=dropout_rate
-        )
+        self.mlp = MLP(n_latent, n_hidden, n_layers=n_layers, n_batch=n_batch, dropout_rate=0.0)
         self.rho_logits = nn.Linear(n_hidden, n_genes)
         self.zi_logits = nn.Linear(n_hidden, n_genes) if zero_inflation else None
         self.log_theta = nn.Linear(n_hidden, n_genes) if gene_cell_dispersion else None
@@ -186,8 +184,9 @@ class GaussianDecoder(nn.Module):
         Dimension of ``z``.
     n_genes
         Number of genes ``G``.
-    n_hidden, n_layers, n_batch, dropout_rate
-        As in :class:`MLP`.
+    n_hidden, n_layers, n_batch
+        As in :class:`MLP`. The decoder has no dropout: it is the generative model
+        ``p(x | z, s)``, and dropout there would make the likelihood itself noisy (as in scVI).
     """
 
     def __init__(
@@ -198,12 +197,9 @@ class GaussianDecoder(nn.Module):
         n_hidden: int,
         n_layers: int,
         n_batch: int,
-        dropout_rate: float,
     ) -> None:
         super().__init__()
-        self.mlp = MLP(
-            n_latent, n_hidden, n_layers=n_layers, n_batch=n_batch, dropout_rate=dropout_rate
-        )
+        self.mlp = MLP(n_latent, n_hidden, n_layers=n_layers, n_batch=n_batch, dropout_rate=0.0)
         self.mean = nn.Linear(n_hidden, n_genes)
 
     def forward(self, z: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,8 @@ class VAEModule(nn.Module):
         (n_batch,) empirical mean and variance of ``log(total counts)`` within each batch:
         the prior of the latent library size.
     n_latent, n_hidden, n_layers, dropout_rate
-        Network sizes.
+        Network sizes; ``dropout_rate`` applies to the encoders only (the decoder is the
+        generative model and has none, as in scVI).
     likelihood
         ``"zinb"``, ``"nb"``, ``"poisson"`` or ``"gaussian"`` (log-normalized input).
     dispersion
@@ -162,7 +163,9 @@ class VAEModule(nn.Module):
         )
         self.log_theta = None
         if likelihood == "gaussian":
-            self.decoder = GaussianDecoder(n_latent, n_genes, **encoder_kwargs)
+            self.decoder = GaussianDecoder(
+                n_latent, n_genes, n_hidden=n_hidden, n_layers=n_layers, n_batch=n_batch
+            )
             self.log_var = nn.Parameter(torch.zeros(n_genes))  # (G,) gene-wise log sigma^2
             self.register_buffer("library_log_mean", library_log_mean.float().reshape(n_batch))
             self.register_buffer("library_log_var", library_log_var.float().reshape(n_batch))
@@ -173,7 +176,6 @@ class VAEModule(nn.Module):
             n_hidden=n_hidden,
             n_layers=n_layers,
             n_batch=n_batch,
-            dropout_rate=dropout_rate,
             gene_cell_dispersion=likelihood != "poisson" and dispersion == "gene-cell",
             zero_inflation=likelihood == "zinb",
         )
