@@ -122,7 +122,7 @@ def scvae_worker(args: argparse.Namespace) -> dict:
             self._start = 0.0
 
         def on_train_epoch_start(self, trainer, plan) -> None:
-            self.cells_per_epoch = len(plan.train_loader) * plan.train_loader.batch_size
+            self.cells_per_epoch = plan.train_loader.n_cells_per_epoch
             self._start = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, plan) -> None:

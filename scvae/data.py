@@ -348,7 +348,7 @@ class CSRMinibatches:
     shuffle
         Reshuffle every epoch (with ``generator``).
     drop_last
-        Drop a last partial minibatch (avoids tiny batches under BatchNorm).
+        Drop a last partial minibatch of fewer than 3 cells (BatchNorm needs two).
     seed
         Seed of the shuffling generator.
     """
@@ -377,7 +377,9 @@ class CSRMinibatches:
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.drop_last = drop_last and len(self.indices) > batch_size
+        # only a last minibatch of fewer than 3 cells is dropped: BatchNorm needs 2, and a
+        # cell or two would make one noisy step; larger remainders are real training signal
+        self.drop_last = drop_last and 0 < len(self.indices) % batch_size < 3 < len(self.indices)
         self.generator = torch.Generator().manual_seed(seed)
         self.device = torch.device("cpu")  # where minibatches are served
 
@@ -416,6 +418,12 @@ class CSRMinibatches:
             setattr(self, name, tensor)
         self.device = device
         return self
+
+    @property
+    def n_cells_per_epoch(self) -> int:
+        """Cells served by one pass (all of them unless a tiny last minibatch is dropped)."""
+        n = len(self.indices)
+        return n - n % self.batch_size if self.drop_last else n
 
     def __len__(self) -> int:
         n = len(self.indices)

@@ -26,7 +26,13 @@ from scvae.data import (
 )
 from scvae.distributions import NonZeros
 from scvae.module.vae import DISPERSIONS, LIBRARIES, VAEModule
-from scvae.train import EarlyStoppingAfterWarmup, TrainingDivergedError, TrainingPlan, make_trainer
+from scvae.train import (
+    EarlyStoppingAfterWarmup,
+    TrainingDivergedError,
+    TrainingPlan,
+    make_trainer,
+    recalibrate_batchnorm,
+)
 
 __all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEModel"]
 
@@ -265,6 +271,7 @@ class VAEModel:
         except TrainingDivergedError as err:
             raise TrainingDivergedError(str(err)) from None
         self.device = trainer.strategy.root_device
+        recalibrate_batchnorm(module.to(self.device), train_loader.to(self.device))
         self.module = module.eval()
         self.is_trained = True
         self.history = plan.history
