@@ -321,7 +321,12 @@ def run_scvae(
     latent = np.asarray(model.get_latent(adata_heldout))
     fit_params = getattr(model, "fit_params", {}) or {}
     warmup_steps = fit_params.get("n_steps_kl_warmup")
-    steps_per_epoch = adata_train.n_obs // args.batch_size  # scvae drops the last short batch
+    steps = model.history["step"] if "step" in model.history else None
+    steps_per_epoch = (
+        float(steps.iloc[0])
+        if steps is not None and len(steps)
+        else len(adata_train) / args.batch_size
+    )
     warmup = (
         f"{warmup_steps} steps (~{warmup_steps / steps_per_epoch:.1f} epochs), z and l"
         if warmup_steps
