@@ -13,12 +13,12 @@ import scipy.sparse
 import torch
 from anndata import AnnData
 
+from scvae.models._io import META_FILE, prepare_directory, read_meta
 from scvae.module.gmm import GMMParams, default_candidates, fit_gmm, predict_proba, score_samples
 
 __all__ = ["GMM"]
 
 _PARAMS_FILE = "gmm.npz"
-_META_FILE = "model.json"
 
 
 def _embedding(adata: AnnData, use_rep: str) -> np.ndarray:
@@ -264,10 +264,7 @@ class GMM:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save the parameters (``gmm.npz``) and options (``model.json``) into a directory."""
         params = self._check_fitted()
-        path = Path(path)
-        if path.exists() and not overwrite and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True.")
-        path.mkdir(parents=True, exist_ok=True)
+        path = prepare_directory(path, overwrite=overwrite)
         np.savez(
             path / _PARAMS_FILE,
             **{
@@ -286,15 +283,12 @@ class GMM:
             "lower_bound": params.lower_bound,
             "model_selection": params.model_selection,
         }
-        (path / _META_FILE).write_text(json.dumps(meta))
+        (path / META_FILE).write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> GMM:
         """Load a model written by :meth:`save`; ``adata`` becomes the default for getters."""
-        path = Path(path)
-        if not (path / _META_FILE).exists():
-            raise FileNotFoundError(f"No saved scvae model in {path} (missing {_META_FILE}).")
-        meta = json.loads((path / _META_FILE).read_text())
+        path, meta = read_meta(path)
         if meta["class"] != "GMM":
             raise ValueError(f"{path} holds a {meta['class']}, not a GMM.")
         model = cls.__new__(cls)

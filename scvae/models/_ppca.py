@@ -12,12 +12,12 @@ from anndata import AnnData
 
 from scvae.data import CellData, DataSetup, read_query_data, read_training_data
 from scvae.data import log_normalize as log_normalize_cells
+from scvae.models._io import META_FILE, prepare_directory, read_meta
 from scvae.module import ppca as ppca_core
 
 __all__ = ["PPCA"]
 
 _PARAMS_FILE = "ppca.npz"
-_META_FILE = "model.json"
 
 
 def _device(accelerator: str) -> torch.device:
@@ -198,10 +198,7 @@ class PPCA:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save the parameters (``ppca.npz``) and options (``model.json``) into a directory."""
         fitted = self._check_fitted()
-        path = Path(path)
-        if path.exists() and not overwrite and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True.")
-        path.mkdir(parents=True, exist_ok=True)
+        path = prepare_directory(path, overwrite=overwrite)
         np.savez(
             path / _PARAMS_FILE,
             mean=fitted.mean.cpu().numpy(),
@@ -216,15 +213,12 @@ class PPCA:
             "setup": self.setup.to_dict(),
             "n_samples": fitted.n_samples,
         }
-        (path / _META_FILE).write_text(json.dumps(meta))
+        (path / META_FILE).write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> PPCA:
         """Load a model written by :meth:`save`; ``adata`` becomes the default for getters."""
-        path = Path(path)
-        if not (path / _META_FILE).exists():
-            raise FileNotFoundError(f"No saved scvae model in {path} (missing {_META_FILE}).")
-        meta = json.loads((path / _META_FILE).read_text())
+        path, meta = read_meta(path)
         if meta["class"] != "PPCA":
             raise ValueError(f"{path} holds a {meta['class']}, not a PPCA.")
         model = cls.__new__(cls)

@@ -25,6 +25,7 @@ from scvae.data import (
     read_training_data,
 )
 from scvae.distributions import NonZeros
+from scvae.models._io import META_FILE, prepare_directory, read_meta
 from scvae.module.vae import DISPERSIONS, LIBRARIES, VAEModule
 from scvae.train import (
     EarlyStoppingAfterWarmup,
@@ -37,7 +38,6 @@ from scvae.train import (
 __all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEModel"]
 
 _WEIGHTS_FILE = "model.pt"
-_META_FILE = "model.json"
 # Elements of one (K, B, G) intermediate tensor allowed when scoring (bounds scoring memory).
 _SCORING_BUDGET = 2**23
 
@@ -598,10 +598,7 @@ class VAEModel:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save weights (``model.pt``) and everything else (``model.json``) into a directory."""
         self._check_trained()
-        path = Path(path)
-        if path.exists() and not overwrite and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True.")
-        path.mkdir(parents=True, exist_ok=True)
+        path = prepare_directory(path, overwrite=overwrite)
         meta = {
             "class": type(self).__name__,
             "config": self.config,
@@ -615,7 +612,7 @@ class VAEModel:
         }
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         torch.save(state, path / _WEIGHTS_FILE)
-        (path / _META_FILE).write_text(json.dumps(meta))
+        (path / META_FILE).write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> VAEModel:
@@ -629,10 +626,7 @@ class VAEModel:
             Optional AnnData that becomes the default for the getters (validated against the
             saved genes and batches). Without it, pass ``adata`` to each getter.
         """
-        path = Path(path)
-        if not (path / _META_FILE).exists():
-            raise FileNotFoundError(f"No saved scvae model in {path} (missing {_META_FILE}).")
-        meta = json.loads((path / _META_FILE).read_text())
+        path, meta = read_meta(path)
         if meta["class"] != cls.__name__ and cls is not VAEModel:
             raise ValueError(f"{path} holds a {meta['class']}, not a {cls.__name__}.")
         target = cls if cls is not VAEModel else _MODELS[meta["class"]]
