@@ -351,6 +351,10 @@ class CSRMinibatches:
         Drop a last partial minibatch of fewer than 3 cells (BatchNorm needs two).
     seed
         Seed of the shuffling generator.
+    dense
+        Also build the dense (B, G) counts of each minibatch. False yields ``None`` in their
+        place, for a module that reads its input by the non-zeros (saves a (B, G) fill and
+        scatter per step).
     """
 
     def __init__(
@@ -362,6 +366,7 @@ class CSRMinibatches:
         shuffle: bool,
         drop_last: bool = False,
         seed: int = 0,
+        dense: bool = True,
     ) -> None:
         X = data.X
         self.n_genes = X.shape[1]
@@ -382,6 +387,7 @@ class CSRMinibatches:
         self.drop_last = drop_last and 0 < len(self.indices) % batch_size < 3 < len(self.indices)
         self.generator = torch.Generator().manual_seed(seed)
         self.device = torch.device("cpu")  # where minibatches are served
+        self.dense = dense
 
     _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
 
@@ -429,8 +435,9 @@ class CSRMinibatches:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, NonZeros]:
-        """Dense counts (B, G), batch codes (B,) and the non-zeros of the cells at ``rows``."""
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, NonZeros]:
+        """Dense counts (B, G) (None unless ``dense``), batch codes (B,) and the non-zeros of
+        the cells at ``rows``."""
         start = self.crow[rows]  # (B,)
         n_nz = self.crow[rows + 1] - start  # (B,)
         row_of_nz = torch.repeat_interleave(
@@ -443,12 +450,14 @@ class CSRMinibatches:
             + start[row_of_nz]
         )  # (nnz_B,) positions in col/val
         col, val = self.col[position].long(), self.val[position]  # (nnz_B,)
-        x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
-        x[row_of_nz, col] = val
-        nz = NonZeros(row_of_nz, col, val, self.log_x_factorial[rows], len(rows))
+        x = None
+        if self.dense:
+            x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
+            x[row_of_nz, col] = val
+        nz = NonZeros(row_of_nz, col, val, self.log_x_factorial[rows], len(rows), first_nz)
         return x, self.batch_index[rows], nz
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, NonZeros]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, NonZeros]]:
         order = self.indices
         if self.shuffle:
             perm = torch.randperm(len(order), generator=self.generator).to(order.device)
@@ -458,8 +467,14 @@ class CSRMinibatches:
             x, batch_index, nz = self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
             if streaming:
                 move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
-                x, batch_index = move(x), move(batch_index)
+                x = None if x is None else move(x)
+                batch_index = move(batch_index)
                 nz = NonZeros(
-                    move(nz.row), move(nz.col), move(nz.x), move(nz.log_x_factorial), nz.n_cells
+                    move(nz.row),
+                    move(nz.col),
+                    move(nz.x),
+                    move(nz.log_x_factorial),
+                    nz.n_cells,
+                    move(nz.offsets),
                 )
             yield x, batch_index, nz

@@ -176,6 +176,9 @@ class NonZeros:
         (B,) ``sum_g lgamma(x_g + 1)`` of each cell (0 for non-count data).
     n_cells
         ``B``.
+    offsets
+        (B,) int64 position of each cell's first non-zero (the non-zeros are ordered by cell);
+        computed from ``row`` when not given.
     """
 
     row: torch.Tensor
@@ -183,6 +186,12 @@ class NonZeros:
     x: torch.Tensor
     log_x_factorial: torch.Tensor
     n_cells: int
+    offsets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.offsets is None:
+            counts = torch.bincount(self.row, minlength=self.n_cells)  # (B,) non-zeros per cell
+            self.offsets = torch.cumsum(counts, 0) - counts  # (B,) exclusive prefix sum
 
     @classmethod
     def from_dense(cls, x: torch.Tensor) -> NonZeros:
@@ -197,8 +206,8 @@ class NonZeros:
     def at(self, t: torch.Tensor) -> torch.Tensor:
         """Values of ``t`` at the non-zeros: (G,) -> (nnz,); (..., B, G) -> (..., nnz)."""
         if t.dim() == 1:
-            return t[self.col]
-        return t[..., self.row, self.col]
+            return t.index_select(0, self.col)
+        return _take(t, self.row * t.shape[-1] + self.col)
 
     def row_sum(self, v: torch.Tensor) -> torch.Tensor:
         """Sum per cell of values at the non-zeros: (..., nnz) -> (..., B)."""
@@ -214,30 +223,123 @@ def log_poisson_sum(nz: NonZeros, log_mu: torch.Tensor) -> torch.Tensor:
     return -torch.exp(log_mu).sum(-1) + nz.row_sum(nz.x * nz.at(log_mu)) - nz.log_x_factorial
 
 
-def _log1p_mu_over_theta(log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
-    """``log(1 + mu / theta) = softplus(log mu - log theta)``, without forming ``mu``."""
-    return F.softplus(log_mu - log_theta, threshold=30.0)
+def _take(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Entries of a (..., B, G) tensor at flat positions ``row * G + col``: (..., nnz).
 
-
-def _nb_correction(
-    nz: NonZeros, log_mu: torch.Tensor, log_theta: torch.Tensor, log1p_ratio: torch.Tensor
-) -> torch.Tensor:
-    """``log NB(x) + lgamma(x + 1) - log NB(0)`` at the non-zeros: (..., nnz).
-
-    ``= lgamma(x + theta) - lgamma(theta) + x (log mu - log theta - log(1 + mu/theta))``.
-    ``lgamma(theta_g)`` is computed once per gene and gathered when ``theta`` is gene-wise.
+    ``index_select`` on the flattened last two dimensions is several times faster than the
+    advanced indexing ``t[..., row, col]``.
     """
-    if log_theta.dim() == 1:
-        theta = torch.exp(log_theta)  # (G,)
-        theta_nz, lgamma_theta_nz = nz.at(theta), nz.at(torch.lgamma(theta))
-    else:
-        theta_nz = torch.exp(nz.at(log_theta))  # (..., nnz)
-        lgamma_theta_nz = torch.lgamma(theta_nz)
-    return (
-        torch.lgamma(nz.x + theta_nz)
-        - lgamma_theta_nz
-        + nz.x * (nz.at(log_mu) - nz.at(log_theta) - nz.at(log1p_ratio))
-    )
+    return t.reshape(*t.shape[:-2], -1).index_select(-1, flat)
+
+
+def _add_at(t: torch.Tensor, flat: torch.Tensor, values: torch.Tensor) -> None:
+    """``t[..., row, col] += values`` in place, for a contiguous (..., B, G) ``t``."""
+    t.view(*t.shape[:-2], -1).index_add_(-1, flat, values)
+
+
+class _NBFamilySum(torch.autograd.Function):
+    """``sum_g log NB(x_g)`` or ``sum_g log ZINB(x_g)`` per cell, with a hand-written backward.
+
+    Forward, with ``u = log mu - log theta``, ``r = log(1 + mu / theta) = softplus(u)`` and
+    ``n0 = log NB(0) = -theta r``, the dense part over all (cell, gene) entries is ``n0`` (NB)
+    or ``logaddexp(h, n0) - softplus(h)`` (ZINB, gate logits ``h``); the correction at the
+    non-zeros is ``nbc = lgamma(x + theta) - lgamma(theta) + x (u - r)`` (NB), plus
+    ``n0 - logaddexp(h, n0)`` (ZINB).
+
+    Backward, with ``s = sigmoid(u)`` and ``p = sigmoid(h - n0)`` (posterior probability that a
+    zero came from the gate), the dense gradients are::
+
+        d/dh        = p - sigmoid(h)               (ZINB)
+        d/dn0       = 1 - p   (ZINB)  or  1  (NB)
+        d/dlog mu   = d/dn0 * (-theta s)
+        d/dlog theta = d/dn0 * theta (s - r)
+
+    and the non-zeros add the derivatives of the correction (``psi`` = digamma)::
+
+        d/dh         = -p
+        d/dlog mu    = p (-theta s) + x (1 - s)                          (p = 0 for NB)
+        d/dlog theta = p theta (s - r) + theta (psi(x + theta) - psi(theta)) + x (s - 1)
+
+    Autograd through the composed ops made about forty passes over the (cells, genes) entries
+    and four zero-filled dense gradients for the gathers at the non-zeros; this makes about
+    twenty and none. Tests compare values and gradients with autograd on the dense formula.
+    """
+
+    @staticmethod
+    def forward(ctx, log_mu, log_theta, zi_logits, x, row, col, log_x_factorial):
+        """Log-likelihood per cell, (..., B)."""
+        zinb = zi_logits is not None
+        flat = row * log_mu.shape[-1] + col  # (nnz,) positions in the flattened (B, G)
+        u = log_mu - log_theta  # (..., B, G) log(mu / theta)
+        r = F.softplus(u, threshold=30.0)  # (..., B, G) log(1 + mu / theta)
+        theta = torch.exp(log_theta)  # (G,), (B, G) or (..., B, G)
+        n0 = r * -theta  # (..., B, G) log NB(0)
+        theta_nz = _theta_at(theta, col, flat)  # (..., nnz) or (nnz,)
+        if theta.dim() == 1:
+            lgamma_theta_nz = torch.lgamma(theta).index_select(0, col)  # lgamma once per gene
+        else:
+            lgamma_theta_nz = torch.lgamma(theta_nz)
+        u_nz, r_nz = _take(u, flat), _take(r, flat)  # (..., nnz)
+        correction = torch.lgamma(x + theta_nz) - lgamma_theta_nz + x * (u_nz - r_nz)
+        if zinb:
+            zero = torch.logaddexp(zi_logits, n0)  # (..., B, G) log(pi + (1-pi) NB(0)) + sp(h)
+            dense = zero.sum(-1) - F.softplus(zi_logits).sum(-1)  # (..., B)
+            correction = correction + _take(n0, flat) - _take(zero, flat)
+        else:
+            dense = n0.sum(-1)  # (..., B)
+        n_cells = log_mu.shape[-2]
+        per_cell = torch.zeros(*correction.shape[:-1], n_cells, dtype=u.dtype, device=u.device)
+        per_cell.index_add_(-1, row, correction)  # (..., B)
+        ctx.save_for_backward(u, r, n0, theta, zi_logits, x, row, col, flat)
+        ctx.log_theta_shape = log_theta.shape
+        return dense + per_cell - log_x_factorial
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """Gradients with respect to ``log_mu``, ``log_theta`` and ``zi_logits``."""
+        u, r, n0, theta, zi_logits, x, row, col, flat = ctx.saved_tensors
+        zinb = zi_logits is not None
+        g = grad_out.unsqueeze(-1)  # (..., B, 1)
+        g_nz = grad_out.index_select(-1, row)  # (..., nnz)
+        s = torch.sigmoid(u)  # (..., B, G) d r / d u
+        s_nz, r_nz = _take(s, flat), _take(r, flat)
+        theta_nz = _theta_at(theta, col, flat)
+        theta_s = s.mul_(theta)  # (..., B, G) theta s (s is not needed any more)
+        grad_h = None
+        if zinb:
+            p = torch.sigmoid(zi_logits - n0)  # (..., B, G)
+            p_nz = _take(p, flat)
+            if ctx.needs_input_grad[2]:
+                grad_h = (p - torch.sigmoid(zi_logits)).mul_(g)  # (..., B, G)
+                _add_at(grad_h, flat, -p_nz * g_nz)
+            g_n0 = p.neg_().add_(1.0).mul_(g)  # (..., B, G) (1 - p) * grad
+        else:
+            p_nz = None
+            g_n0 = g.expand_as(u)
+        grad_log_mu = grad_log_theta = None
+        if ctx.needs_input_grad[1]:
+            grad_full = (theta_s + n0).mul_(g_n0)  # (..., B, G) theta (s - r) * d/dn0
+            d_theta_nz = theta_nz * (torch.digamma(x + theta_nz) - torch.digamma(theta_nz)) + x * (
+                s_nz - 1.0
+            )
+            if zinb:
+                d_theta_nz = d_theta_nz + p_nz * theta_nz * (s_nz - r_nz)
+            _add_at(grad_full, flat, d_theta_nz * g_nz)
+            grad_log_theta = grad_full.sum_to_size(ctx.log_theta_shape)
+        if ctx.needs_input_grad[0]:
+            grad_log_mu = theta_s.mul_(g_n0).neg_()  # (..., B, G) reuses theta s
+            d_mu_nz = x * (1.0 - s_nz)
+            if zinb:
+                d_mu_nz = d_mu_nz - p_nz * theta_nz * s_nz
+            _add_at(grad_log_mu, flat, d_mu_nz * g_nz)
+        return grad_log_mu, grad_log_theta, grad_h, None, None, None, None
+
+
+def _theta_at(theta: torch.Tensor, col: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``theta`` at the non-zeros, for gene-wise (G,) or per-cell (..., B, G) ``theta``."""
+    if theta.dim() == 1:
+        return theta.index_select(0, col)  # (nnz,)
+    return _take(theta, flat)  # (..., nnz); (B, G) broadcasts over the leading dimensions
 
 
 def log_nb_sum(nz: NonZeros, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
@@ -246,10 +348,7 @@ def log_nb_sum(nz: NonZeros, log_mu: torch.Tensor, log_theta: torch.Tensor) -> t
     ``log_mu`` is (..., B, G); ``log_theta`` is (G,), (B, G) or (..., B, G).
     Dense work: one softplus and one product per entry (``log NB(0) = -theta log(1 + mu/theta)``).
     """
-    log1p_ratio = _log1p_mu_over_theta(log_mu, log_theta)  # (..., B, G)
-    log_p_zero = -(torch.exp(log_theta) * log1p_ratio).sum(-1)  # (..., B) all genes at x = 0
-    correction = _nb_correction(nz, log_mu, log_theta, log1p_ratio)  # (..., nnz)
-    return log_p_zero + nz.row_sum(correction) - nz.log_x_factorial
+    return _NBFamilySum.apply(log_mu, log_theta, None, nz.x, nz.row, nz.col, nz.log_x_factorial)
 
 
 def log_zinb_sum(
@@ -261,16 +360,9 @@ def log_zinb_sum(
     ``log ZINB(x) = log NB(x) - softplus(h)`` for ``x > 0``, so the ``softplus(h)`` cancels in
     the correction at the non-zeros.
     """
-    log1p_ratio = _log1p_mu_over_theta(log_mu, log_theta)  # (..., B, G)
-    log_nb_zero = -torch.exp(log_theta) * log1p_ratio  # (..., B, G) log NB(0)
-    zero_unnormalised = torch.logaddexp(zi_logits, log_nb_zero)  # (..., B, G)
-    dense = zero_unnormalised.sum(-1) - F.softplus(zi_logits).sum(-1)  # (..., B) all x = 0
-    correction = (
-        nz.at(log_nb_zero)
-        + _nb_correction(nz, log_mu, log_theta, log1p_ratio)
-        - nz.at(zero_unnormalised)
-    )  # (..., nnz) log ZINB(x) - log ZINB(0) + lgamma(x + 1)
-    return dense + nz.row_sum(correction) - nz.log_x_factorial
+    return _NBFamilySum.apply(
+        log_mu, log_theta, zi_logits, nz.x, nz.row, nz.col, nz.log_x_factorial
+    )
 
 
 def log_gaussian_sum(nz: NonZeros, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -3,21 +3,50 @@
 Injecting the batch one-hot ``s`` into a linear layer, ``W [h; onehot(s)] + b``, equals
 ``W_h h + b + E[s]`` with one learned bias row ``E[s]`` per batch: we store it as an
 ``nn.Embedding`` and skip the concatenation (same function, fewer FLOPs, no one-hot tensor).
+
+An encoder's first layer can also take its input by the non-zeros (:class:`SparseInput`):
+``h W`` is then a sum of the rows of ``W`` at the non-zero genes weighted by their values, one
+``embedding_bag``; the dense product multiplies ``G`` inputs per cell, this only ``nnz``.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
-__all__ = ["MLP", "CountDecoder", "GaussianDecoder", "GaussianEncoder"]
+__all__ = ["MLP", "CountDecoder", "GaussianDecoder", "GaussianEncoder", "SparseInput"]
+
+
+@dataclass
+class SparseInput:
+    """The rows of an (N, n_in) input by their non-zeros, CSR-like.
+
+    Attributes
+    ----------
+    values
+        (nnz,) the non-zero values, row by row.
+    col
+        (nnz,) int64 column of each value.
+    offsets
+        (N,) int64 position in ``values`` where each row starts.
+    """
+
+    values: torch.Tensor
+    col: torch.Tensor
+    offsets: torch.Tensor
 
 
 class CovariateLinear(nn.Module):
-    """``Linear([h; onehot(s)])`` written as ``Linear(h) + E[s]``.
+    """``Linear([h; onehot(s)])`` written as ``h W + b + E[s]``.
+
+    ``W`` is stored (n_in, n_out), rows indexed by input feature, so that a sparse input
+    gathers rows of ``W`` (:class:`SparseInput`); initialised as ``nn.Linear``.
 
     Parameters
     ----------
@@ -29,14 +58,22 @@ class CovariateLinear(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, *, n_batch: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(n_in, n_out)
+        bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default initialisation
+        self.weight = nn.Parameter(torch.empty(n_in, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound))
         self.batch_embedding = nn.Embedding(n_batch, n_out) if n_batch > 1 else None
         if self.batch_embedding is not None:
             nn.init.zeros_(self.batch_embedding.weight)
 
-    def forward(self, h: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        """Apply the layer; ``h`` is (N, n_in), ``batch_index`` is (N,) int64."""
-        out = self.linear(h)  # (N, n_out)
+    def forward(self, h: torch.Tensor | SparseInput, batch_index: torch.Tensor) -> torch.Tensor:
+        """Apply the layer; ``h`` is (N, n_in) or its non-zeros, ``batch_index`` (N,) int64."""
+        if isinstance(h, SparseInput):
+            out = F.embedding_bag(
+                h.col, self.weight, h.offsets, mode="sum", per_sample_weights=h.values
+            )  # (N, n_out) sum over non-zeros of value * W[gene]
+            out = out + self.bias
+        else:
+            out = torch.addmm(self.bias, h, self.weight)  # (N, n_out)
         if self.batch_embedding is not None:
             out = out + self.batch_embedding(batch_index)  # (N, n_out)
         return out
@@ -80,8 +117,8 @@ class MLP(nn.Module):
         )
         self.dropout = nn.Dropout(dropout_rate)
 
-    def forward(self, h: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        """Return the last hidden layer, (N, n_hidden)."""
+    def forward(self, h: torch.Tensor | SparseInput, batch_index: torch.Tensor) -> torch.Tensor:
+        """Return the last hidden layer, (N, n_hidden); ``h`` may be sparse (first layer)."""
         for layer, norm in zip(self.layers, self.norms, strict=True):
             h = self.dropout(torch.relu(norm(layer(h, batch_index))))  # (N, n_hidden)
         return h
@@ -121,8 +158,8 @@ class GaussianEncoder(nn.Module):
         self.log_var = nn.Linear(n_hidden, n_out)
         self.var_eps = var_eps
 
-    def forward(self, x: torch.Tensor, batch_index: torch.Tensor) -> Normal:
-        """Return ``q(v | x, s)`` for inputs ``x`` (N, n_in)."""
+    def forward(self, x: torch.Tensor | SparseInput, batch_index: torch.Tensor) -> Normal:
+        """Return ``q(v | x, s)`` for inputs ``x`` (N, n_in), dense or by its non-zeros."""
         h = self.mlp(x, batch_index)  # (N, n_hidden)
         mean = self.mean(h)  # (N, n_out)
         var = torch.exp(self.log_var(h).clamp(max=20.0)) + self.var_eps  # (N, n_out)

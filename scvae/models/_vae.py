@@ -42,6 +42,23 @@ _WEIGHTS_FILE = "model.pt"
 _SCORING_BUDGET = 2**23
 
 
+#: Largest fraction of non-zero counts at which the encoders read their input sparsely on the
+#: CPU (``benchmarks/sparse_input.py`` measures the crossover).
+SPARSE_INPUT_MAX_DENSITY = 0.1
+
+
+def sparse_input_pays(data: CellData, device: torch.device) -> bool:
+    """Whether the encoders' first layer should read the counts by their non-zeros.
+
+    On the CPU a sparse product costs ``nnz`` row gathers against ``G`` multiply-adds per cell
+    for the dense one; below :data:`SPARSE_INPUT_MAX_DENSITY` the sparse product wins. On a
+    GPU the dense product is so fast that the gather does not pay.
+    """
+    n_cells, n_genes = data.X.shape
+    density = data.X.nnz / max(n_cells * n_genes, 1)
+    return bool(device.type == "cpu" and density <= SPARSE_INPUT_MAX_DENSITY)
+
+
 def default_max_epochs(n_cells: int) -> int:
     """scVI's rule: 400 epochs up to 20k cells, then fewer, ``round(400 * 20000 / n)``."""
     return int(max(10, min(400, round(400 * 20_000 / max(n_cells, 1)))))
@@ -266,6 +283,10 @@ class VAEModel:
             progress_bar=progress_bar,
             check_val=val_loader is not None,
         )
+        module.sparse_input = sparse_input_pays(data, trainer.strategy.root_device)
+        for loader in (train_loader, val_loader):
+            if loader is not None:
+                loader.dense = not module.sparse_input  # the dense counts would go unused
         try:
             trainer.fit(plan)
         except TrainingDivergedError as err:

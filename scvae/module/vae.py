@@ -42,7 +42,7 @@ from scvae.distributions import (
     sample_poisson,
     sample_zinb,
 )
-from scvae.nn import CountDecoder, GaussianDecoder, GaussianEncoder
+from scvae.nn import CountDecoder, GaussianDecoder, GaussianEncoder, SparseInput
 
 __all__ = ["DISPERSIONS", "LIBRARIES", "LIKELIHOODS", "LossOutput", "VAEModule"]
 
@@ -149,6 +149,9 @@ class VAEModule(nn.Module):
         super().__init__()
         self.n_genes, self.n_batch, self.n_latent = n_genes, n_batch, n_latent
         self.likelihood, self.dispersion, self.library = likelihood, dispersion, library
+        # encoders read x by its non-zeros when given them (same function; faster on the CPU
+        # for sparse data): a switch of the computation, not of the model
+        self.sparse_input = False
         encoder_kwargs = {
             "n_hidden": n_hidden,
             "n_layers": n_layers,
@@ -191,28 +194,47 @@ class VAEModule(nn.Module):
     # ----------------------------------------------------------------------------- inference
     def inference(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         batch_index: torch.Tensor,
         *,
         n_samples: int | None = None,
+        nz: NonZeros | None = None,
     ) -> Inference:
         """Encode counts ``x`` (N, G) into ``q(z | x, s)`` and ``q(log l | x, s)`` and sample.
 
-        With ``n_samples=K`` the samples get a leading dimension ``K``.
+        With ``n_samples=K`` the samples get a leading dimension ``K``. ``nz``, the non-zeros of
+        ``x``, lets the encoders read the input sparsely when :attr:`sparse_input` is set
+        (``x`` may then be None).
         """
-        gaussian = self.likelihood == "gaussian"
-        x_log = x if gaussian else torch.log1p(x)  # (N, G) variance-stabilised encoder input
         shape = torch.Size() if n_samples is None else torch.Size([n_samples])
-        qz = self.z_encoder(x_log, batch_index)  # Normal over (N, L)
+        encoder_input = self._encoder_input(x, nz)  # (N, G) dense or by its non-zeros
+        qz = self.z_encoder(encoder_input, batch_index)  # Normal over (N, L)
         z = qz.rsample(shape)  # ([K,] N, L) reparameterised
         if self.l_encoder is not None:
-            ql = self.l_encoder(x_log, batch_index)  # Normal over (N, 1)
+            ql = self.l_encoder(encoder_input, batch_index)  # Normal over (N, 1)
             log_library = ql.rsample(shape)  # ([K,] N, 1)
         else:
             ql = None
-            totals = torch.ones_like(x[:, :1]) if gaussian else x.sum(-1, keepdim=True)  # (N, 1)
-            log_library = torch.log(totals).expand((*shape, x.shape[0], 1))
+            n_cells = batch_index.shape[0]
+            if self.likelihood == "gaussian":
+                totals = torch.ones(n_cells, 1, device=batch_index.device)  # (N, 1)
+            elif x is not None:
+                totals = x.sum(-1, keepdim=True)  # (N, 1)
+            else:
+                totals = nz.row_sum(nz.x).unsqueeze(-1)  # (N, 1)
+            log_library = torch.log(totals).expand((*shape, n_cells, 1))
         return Inference(qz=qz, z=z, ql=ql, log_library=log_library)
+
+    def _encoder_input(
+        self, x: torch.Tensor | None, nz: NonZeros | None
+    ) -> torch.Tensor | SparseInput:
+        """``log1p(x)`` (variance-stabilised counts) or ``x`` itself for the Gaussian model."""
+        transform = (lambda t: t) if self.likelihood == "gaussian" else torch.log1p
+        if nz is not None and (self.sparse_input or x is None):
+            return SparseInput(transform(nz.x), nz.col, nz.offsets)  # log1p(0) = 0: sparse too
+        if x is None:
+            raise ValueError("inference needs the counts x or their non-zeros nz.")
+        return transform(x)  # (N, G)
 
     # ---------------------------------------------------------------------------- generative
     def generative(
@@ -241,7 +263,7 @@ class VAEModule(nn.Module):
         return Generative(log_rho=log_rho, log_mu=log_mu, log_theta=log_theta, zi_logits=zi_logits)
 
     def log_likelihood(
-        self, x: torch.Tensor, gen: Generative, *, nz: NonZeros | None = None
+        self, x: torch.Tensor | None, gen: Generative, *, nz: NonZeros | None = None
     ) -> torch.Tensor:
         """``log p(x | z, l, s)`` summed over genes: (N,) or (K, N).
 
@@ -302,7 +324,7 @@ class VAEModule(nn.Module):
     # ----------------------------------------------------------------------------------- loss
     def loss(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         batch_index: torch.Tensor,
         *,
         nz: NonZeros | None = None,
@@ -312,7 +334,7 @@ class VAEModule(nn.Module):
 
         ``nz``, the non-zeros of ``x``, selects the sparse likelihood (same value, faster).
         """
-        inf = self.inference(x, batch_index)
+        inf = self.inference(x, batch_index, nz=nz)
         gen = self.generative(inf.z, inf.log_library, batch_index)
         reconstruction = self.log_likelihood(x, gen, nz=nz)  # (N,)
         prior_z = Normal(torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale))
@@ -326,7 +348,7 @@ class VAEModule(nn.Module):
 
     def log_importance_weights(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         batch_index: torch.Tensor,
         *,
         n_samples: int,
@@ -336,7 +358,7 @@ class VAEModule(nn.Module):
 
         ``logsumexp(log w, 0) - log K`` is the IWAE estimate of ``log p(x)``.
         """
-        inf = self.inference(x, batch_index, n_samples=n_samples)
+        inf = self.inference(x, batch_index, n_samples=n_samples, nz=nz)
         gen = self.generative(inf.z, inf.log_library, batch_index)
         log_px = self.log_likelihood(x, gen, nz=nz)  # (K, N)
         log_pz = Normal(0.0, 1.0).log_prob(inf.z).sum(-1)  # (K, N)
