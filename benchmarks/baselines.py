@@ -78,11 +78,13 @@ from threadpoolctl import threadpool_limits
 
 import scvae
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_section
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Baselines: held-out likelihood and clustering"
-BEGIN, END = "<!-- baselines.py: begin generated -->", "<!-- baselines.py: end generated -->"
 LABEL_KEY, BATCH_KEY = "cell_type", "batch"
 TARGET_SUM = 1e4
 VAES: tuple[type, ...] = (scvae.ZINBVAE, scvae.NBVAE, scvae.PoissonVAE, scvae.GaussianVAE)
@@ -633,30 +635,8 @@ def report(
 
 
 def write_docs(path: Path, generated: str) -> None:
-    """Put ``generated`` between the markers of the section, creating what is missing.
-
-    The rest of the file, including hand-written text of the section outside the markers,
-    is kept.
-
-    Parameters
-    ----------
-    path
-        ``docs/benchmarks.md``.
-    generated
-        Markdown to place between :data:`BEGIN` and :data:`END`.
-    """
-    block = f"{BEGIN}\n\n{generated}\n\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        text = f"{head}{SECTION}\n\n{block}\n{rest}"
-    else:
-        text = f"{text.rstrip()}\n\n{SECTION}\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    """Put ``generated`` between this benchmark's markers in ``path`` (``docs/benchmarks.md``)."""
+    write_section(generated, tool="baselines.py", heading=SECTION, path=path)
 
 
 # ------------------------------------------------------------------------------------ main

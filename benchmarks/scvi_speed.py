@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import anndata as ad
 import numpy as np
+from _common import peak_rss_gb
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,7 +86,11 @@ def main() -> None:
             self.epoch_times.append(time.perf_counter() - self._start)
             if heldout_adata is not None:
                 was_training = plan.module.training
-                # get_elbo returns -compute_elbo(), i.e. the mean ELBO per cell (higher is better)
+                # eval mode (BatchNorm running statistics, no dropout): the model a user would
+                # have if training stopped here. scvi's compute_elbo does not switch modes by
+                # itself, and in train mode BatchNorm would use the held-out minibatch's own
+                # statistics. get_elbo returns -compute_elbo(): the mean ELBO per cell.
+                plan.module.eval()
                 self.heldout_elbo.append(float(model.get_elbo(heldout_adata)))
                 plan.module.train(was_training)
 
@@ -117,7 +121,7 @@ def main() -> None:
                 "heldout_elbo": clock.heldout_elbo,
                 "wall": wall,
                 "n_train": int(train_cells.n_obs),
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_rss_gb": peak_rss_gb(),
             }
         )
     )

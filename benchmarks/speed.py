@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,7 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_rss_gb, write_section  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-defaults", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--worker", choices=["scvae"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--h5ad", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="same", help=argparse.SUPPRESS)
@@ -161,7 +161,7 @@ def scvae_worker(args: argparse.Namespace) -> dict:
         "wall": wall,
         "n_train": int(train.n_obs),
         "best_epoch": model.fit_params.get("best_epoch"),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 
@@ -278,15 +278,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(scvae_worker(args)))
         return
     import torch
+    from baselines import machine, versions
 
-    import scvae
-
+    device = "CPU only" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     header = [
-        "# Speed: scvae vs scvi-tools",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads; "
-        f"scvae {scvae.__version__}, torch {torch.__version__}; command: "
-        f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {machine()} ({device}), {args.threads} torch threads for both tools.",
+        f"Versions: {versions()}.",
+        f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`.",
         "",
     ]
     sections: list[str] = []
@@ -298,7 +296,10 @@ def main(argv: list[str] | None = None) -> None:
             sections += [*time_to_quality(args, Path(tmp)), ""]
     out = ROOT / "benchmarks" / "results" / "speed.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(header + sections) + "\n")
+    text = "\n".join(header + sections)
+    out.write_text(f"# Speed: scvae vs scvi-tools\n\n{text}\n")
+    if not args.no_docs:
+        write_section(text, tool="speed.py", heading="## Speed against scvi-tools")
     print(f"wrote {out}")
 
 

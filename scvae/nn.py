@@ -112,8 +112,11 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(
             CovariateLinear(a, b, n_batch=n_batch) for a, b in itertools.pairwise(widths)
         )
+        # momentum only moves the running statistics used in eval mode, never training: 0.1
+        # (scVI uses 0.01) keeps eval-mode validation scores current within ~10 steps instead
+        # of ~100; fit() recalibrates them exactly at the end anyway
         self.norms = nn.ModuleList(
-            nn.BatchNorm1d(n_hidden, momentum=0.01, eps=1e-3) for _ in range(n_layers)
+            nn.BatchNorm1d(n_hidden, momentum=0.1, eps=1e-3) for _ in range(n_layers)
         )
         self.dropout = nn.Dropout(dropout_rate)
 

@@ -17,8 +17,9 @@ def test_elbo_below_iwae_and_iwae_rises_with_samples(trained, sim) -> None:
     assert elbo.mean() <= iwae[10].mean() <= iwae[100].mean()
     # K=1 is an unbiased single-sample ELBO estimate: close to the averaged ELBO
     assert abs(iwae[1].mean() - elbo.mean()) < 0.05 * abs(elbo.mean())
-    # the per-cell bound tightens for most cells as K grows
-    assert np.mean(iwae[100] >= iwae[10]) > 0.8
+    # the bound tightens as K grows: the paired per-cell gain is positive beyond its noise
+    gain = iwae[100] - iwae[10]
+    assert gain.mean() > 2 * gain.std() / np.sqrt(len(gain))
 
 
 def test_training_improves_elbo_and_separates_clusters(trained, sim) -> None:
@@ -31,7 +32,9 @@ def test_training_improves_elbo_and_separates_clusters(trained, sim) -> None:
         "kl_weight",
     } <= set(h.columns)
     assert h["train_elbo"].iloc[-5:].mean() > h["train_elbo"].iloc[:5].mean() + 50
-    assert h["kl_weight"].iloc[-1] == 1.0 and h["kl_weight"].iloc[0] <= 0.1
+    # the KL weight rises over the first tenth of the steps, then stays at 1
+    assert h["kl_weight"].iloc[0] < 0.5 and h["kl_weight"].is_monotonic_increasing
+    assert (h["kl_weight"].iloc[len(h) // 10 :] == 1.0).all()
     latent = trained.get_latent()
     assert latent.shape == (sim.n_obs, 4) and latent.dtype == np.float32
     labels = KMeans(3, n_init=10, random_state=0).fit_predict(latent)

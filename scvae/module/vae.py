@@ -210,20 +210,27 @@ class VAEModule(nn.Module):
         encoder_input = self._encoder_input(x, nz)  # (N, G) dense or by its non-zeros
         qz = self.z_encoder(encoder_input, batch_index)  # Normal over (N, L)
         z = qz.rsample(shape)  # ([K,] N, L) reparameterised
-        if self.l_encoder is not None:
-            ql = self.l_encoder(encoder_input, batch_index)  # Normal over (N, 1)
+        if self.likelihood == "gaussian":
+            ql = None
+            log_library = torch.zeros(*shape, batch_index.shape[0], 1, device=qz.loc.device)
+        elif self.l_encoder is not None:
+            # q(log l | x, s) = N(log(1 + sum_g x_g) + m(x, s), v(x, s)): the network learns the
+            # correction to the observed log total, so the posterior is right from the first
+            # step (from zero it needed ~100 epochs to learn a log library of ~8)
+            delta = self.l_encoder(encoder_input, batch_index)  # Normal over (N, 1)
+            ql = Normal(delta.loc + torch.log1p(self._totals(x, nz)), delta.scale)
             log_library = ql.rsample(shape)  # ([K,] N, 1)
         else:
             ql = None
-            n_cells = batch_index.shape[0]
-            if self.likelihood == "gaussian":
-                totals = torch.ones(n_cells, 1, device=batch_index.device)  # (N, 1)
-            elif x is not None:
-                totals = x.sum(-1, keepdim=True)  # (N, 1)
-            else:
-                totals = nz.row_sum(nz.x).unsqueeze(-1)  # (N, 1)
-            log_library = torch.log(totals).expand((*shape, n_cells, 1))
+            log_library = torch.log(self._totals(x, nz)).expand((*shape, batch_index.shape[0], 1))
         return Inference(qz=qz, z=z, ql=ql, log_library=log_library)
+
+    @staticmethod
+    def _totals(x: torch.Tensor | None, nz: NonZeros | None) -> torch.Tensor:
+        """Total counts of each cell, (N, 1)."""
+        if x is not None:
+            return x.sum(-1, keepdim=True)
+        return nz.row_sum(nz.x).unsqueeze(-1)
 
     def _encoder_input(
         self, x: torch.Tensor | None, nz: NonZeros | None
