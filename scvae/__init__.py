@@ -15,7 +15,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from scvae import datasets, metrics, tl
+from scvae import datasets, metrics, pl, tl
 from scvae.models import GMM, NBVAE, PPCA, ZINBVAE, GaussianVAE, PoissonVAE
 from scvae.train import TrainingDivergedError
 
@@ -30,5 +30,6 @@ __all__ = [
     "__version__",
     "datasets",
     "metrics",
+    "pl",
     "tl",
 ]

@@ -670,6 +670,70 @@ class VAEModel:
             setattr(model, name, None if value is None else np.asarray(value, dtype=np.int64))
         return model
 
+    # --------------------------------------------------------------------------- diagnostics
+    @torch.inference_mode()
+    def latent_kl(
+        self,
+        adata: AnnData | None = None,
+        *,
+        threshold: float = 0.01,
+        batch_size: int = 1024,
+    ) -> pd.DataFrame:
+        """KL divergence and activity of each latent dimension: which dimensions are used.
+
+        For each dimension ``d`` of ``z``, averaged over cells ``x``:
+
+        * ``kl``: ``E_x[KL(q(z_d | x, s) || N(0, 1))]`` in nats, in closed form for the
+          Gaussian posterior, ``0.5 (m^2 + s^2 - 1) - log s``. Summed over ``d`` it is the
+          mean ``KL(q(z) || p(z))`` term of the ELBO (at KL weight 1) on the same cells.
+        * ``activity``: ``Cov_x(E[z_d | x, s])``, the variance over cells of the posterior
+          mean (Burda et al. 2016, "Importance Weighted Autoencoders").
+
+        A dimension whose posterior equals the prior for every cell (KL near 0, activity near
+        0) carries no information about the cell: *posterior collapse*. The encoder's dropout
+        is off and nothing is sampled, so the result is deterministic.
+
+        Parameters
+        ----------
+        adata
+            Cells (same genes, known batches). None: the training data.
+        threshold
+            A dimension is ``active`` when its activity exceeds this (Burda et al. use 0.01).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per latent dimension (index ``dimension``, 0 .. n_latent - 1) with float
+            columns ``kl`` and ``activity`` and the boolean ``active``.
+        """
+        self._check_trained()
+        data = self._cells(adata)
+        n_latent = self.config["n_latent"]
+        kl_sum = torch.zeros(n_latent, dtype=torch.float64)  # (L,)
+        mean_sum = torch.zeros(n_latent, dtype=torch.float64)  # (L,)
+        mean_sq_sum = torch.zeros(n_latent, dtype=torch.float64)  # (L,)
+        for x, b, _nz in self._minibatches(data, batch_size):
+            qz = self.module.inference(x, b).qz
+            m = qz.loc.double().cpu()  # (B, L) posterior means
+            s = qz.scale.double().cpu()  # (B, L) posterior standard deviations
+            kl_sum += (0.5 * (m.square() + s.square() - 1.0) - torch.log(s)).sum(0)
+            mean_sum += m.sum(0)
+            mean_sq_sum += m.square().sum(0)
+        n = data.X.shape[0]
+        mean = mean_sum / n
+        activity = (mean_sq_sum / n - mean.square()).clamp_min(0.0)
+        frame = pd.DataFrame(
+            {
+                "kl": (kl_sum / n).numpy(),
+                "activity": activity.numpy(),
+                "active": (activity > threshold).numpy(),
+            },
+            index=pd.RangeIndex(n_latent, name="dimension"),
+        )
+        return frame
+
 
 class _seeded:
     """Context manager: fork torch's RNG (CPU and the given CUDA device) and seed it."""
