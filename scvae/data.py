@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from scipy.special import gammaln
 
 from scvae.distributions import NonZeros
 
@@ -214,6 +216,15 @@ class CellData:
     batch_index: np.ndarray
     library_size: np.ndarray
 
+    @cached_property
+    def log_x_factorial(self) -> np.ndarray:
+        """(N,) float32 ``sum_g lgamma(x_g + 1)`` of each cell: the data-only term of the count
+        likelihoods, computed once and shared by every loader (no per-entry index array)."""
+        X = self.X
+        terms = gammaln(X.data + 1).astype(np.float32, copy=False)  # (nnz,)
+        per_entry = sp.csr_matrix((terms, X.indices, X.indptr), shape=X.shape)
+        return np.asarray(per_entry.sum(axis=1), dtype=np.float32).ravel()
+
 
 def read_training_data(
     adata: AnnData,
@@ -370,15 +381,12 @@ class CSRMinibatches:
     ) -> None:
         X = data.X
         self.n_genes = X.shape[1]
-        self.crow = torch.from_numpy(X.indptr.astype(np.int64))  # (N+1,)
-        self.col = torch.from_numpy(X.indices.astype(np.int32))  # (nnz,) int32 halves memory
-        self.val = torch.from_numpy(X.data.astype(np.float32))  # (nnz,)
+        # the loaders share the validated CSR's memory on the CPU (no copy per loader)
+        self.crow = torch.from_numpy(X.indptr.astype(np.int64, copy=False))  # (N+1,)
+        self.col = torch.from_numpy(X.indices.astype(np.int32, copy=False))  # (nnz,) int32
+        self.val = torch.from_numpy(X.data.astype(np.float32, copy=False))  # (nnz,)
         self.batch_index = torch.from_numpy(data.batch_index)  # (N,)
-        # sum_g lgamma(x_g + 1) per cell: data-only term of the count likelihoods, computed once
-        row_of_nz = torch.repeat_interleave(torch.arange(X.shape[0]), torch.diff(self.crow))
-        self.log_x_factorial = torch.zeros(X.shape[0]).index_add_(
-            0, row_of_nz, torch.lgamma(self.val + 1)
-        )  # (N,)
+        self.log_x_factorial = torch.from_numpy(data.log_x_factorial)  # (N,) computed once
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -101,3 +101,15 @@ def test_fit_with_sparse_input_is_seeded_and_matches_dense(
         results.setdefault(threshold, []).append(model.history["train_elbo"].to_numpy())
     np.testing.assert_array_equal(results[1.0][0], results[1.0][1])
     np.testing.assert_allclose(results[0.0][0], results[1.0][0], rtol=1e-3)
+
+
+def test_loaders_share_the_counts_and_log_factorials(sim: AnnData) -> None:
+    """Loaders reuse the validated CSR's memory and one per-cell ``sum lgamma(x + 1)``."""
+    model = scvae.ZINBVAE(sim)
+    data = model._data
+    a = CSRMinibatches(data, np.arange(10), batch_size=4, shuffle=False)
+    b = CSRMinibatches(data, np.arange(10, 20), batch_size=4, shuffle=False)
+    assert a.val.data_ptr() == b.val.data_ptr() == data.X.data.ctypes.data
+    dense = torch.from_numpy(data.X.toarray())
+    expected = NonZeros.from_dense(dense).log_x_factorial
+    torch.testing.assert_close(a.log_x_factorial, expected, rtol=1e-5, atol=1e-3)
