@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = "CPU only" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     header = [
-        f"Machine: {machine()} ({device}), {args.threads} torch threads for both tools.",
+        f"Machine: {machine()} ({device}), {args.threads} torch thread(s) for both tools.",
         f"Versions: {versions()}.",
         f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`.",
         "",
@@ -290,9 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     sections: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
-            sections += ["## Throughput at equal settings", "", *throughput(args, Path(tmp)), ""]
+            sections += ["### Throughput at equal settings", "", *throughput(args, Path(tmp)), ""]
         if not args.skip_defaults:
-            sections += ["## Time to a held-out ELBO, each tool's defaults", ""]
+            sections += ["### Time to a held-out ELBO, each tool's defaults", ""]
             sections += [*time_to_quality(args, Path(tmp)), ""]
     out = ROOT / "benchmarks" / "results" / "speed.md"
     out.parent.mkdir(parents=True, exist_ok=True)
