@@ -107,8 +107,11 @@ def scvae_worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(args.h5ad)
     heldout = np.load(args.heldout) if args.heldout else None
-    train = adata if heldout is None else adata[np.setdiff1d(np.arange(adata.n_obs), heldout)]
-    train = train.copy()
+    train = (
+        adata  # like scvi_speed.py: no copy when every cell trains
+        if heldout is None
+        else adata[np.setdiff1d(np.arange(adata.n_obs), heldout)].copy()
+    )
     model = scvae.ZINBVAE(train, n_hidden=128, n_latent=10, n_layers=1, dropout_rate=0.1)
     heldout_data = None if heldout is None else read_query_data(adata[heldout], model.setup)
 

@@ -11,7 +11,11 @@ from anndata import AnnData
 import scvae
 from scvae.data import CSRMinibatches
 from scvae.distributions import NonZeros
-from scvae.models._vae import SPARSE_INPUT_MAX_DENSITY, sparse_input_pays
+from scvae.models._vae import (
+    SPARSE_INPUT_MAX_DENSITY,
+    SPARSE_INPUT_MIN_GENES,
+    sparse_input_pays,
+)
 from scvae.module.vae import VAEModule
 from scvae.nn import CovariateLinear, SparseInput
 
@@ -81,7 +85,8 @@ def test_loader_without_dense_counts_serves_the_same_non_zeros(sim: AnnData) -> 
 def test_sparse_input_is_chosen_for_sparse_data_on_the_cpu_only(sim: AnnData) -> None:
     model = scvae.ZINBVAE(sim)
     density = model._data.X.nnz / np.prod(model._data.X.shape)
-    expected = bool(density <= SPARSE_INPUT_MAX_DENSITY)
+    n_genes = model._data.X.shape[1]
+    expected = bool(density <= SPARSE_INPUT_MAX_DENSITY and n_genes >= SPARSE_INPUT_MIN_GENES)
     assert sparse_input_pays(model._data, torch.device("cpu")) is expected
     assert sparse_input_pays(model._data, torch.device("cuda")) is False
 
@@ -93,6 +98,7 @@ def test_fit_with_sparse_input_is_seeded_and_matches_dense(
     import scvae.models._vae as vae_models
 
     results = {}
+    monkeypatch.setattr(vae_models, "SPARSE_INPUT_MIN_GENES", 1)
     for threshold in (1.0, 1.0, 0.0):  # sparse, sparse again, dense
         monkeypatch.setattr(vae_models, "SPARSE_INPUT_MAX_DENSITY", threshold)
         model = scvae.ZINBVAE(sim, batch_key="batch", n_latent=4, n_hidden=32)
