@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[2638, 30000, 300000])
     p.add_argument("--genes", nargs="+", default=["all", "2000"], help="'all' or a number of HVGs")
     p.add_argument(
-        "--epoch-cells", type=int, default=15000, help="cells to train per size, at least one epoch"
+        "--epoch-cells", type=int, default=60000, help="cells to train per size, at least one epoch"
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-defaults", action="store_true")
