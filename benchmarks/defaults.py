@@ -23,6 +23,7 @@ import sys
 import time
 
 import numpy as np
+from speed import epoch_clock_class, pbmc_genes
 
 TARGETS = (-560.0, -550.0, -540.0, -535.0)
 SETTINGS = ("128,1e-3,0.25", "128,1e-3,0.1", "128,1e-3,0.05", "256,2e-3,0.25", "512,4e-3,0.25")
@@ -30,49 +31,20 @@ SETTINGS = ("128,1e-3,0.25", "128,1e-3,0.1", "128,1e-3,0.05", "256,2e-3,0.25", "
 
 def worker(setting: str, seed: int) -> dict:
     """Fit with one setting in this process and return its held-out trajectory summary."""
-    import lightning.pytorch as pl
-    import scanpy as sc
     import torch
 
     import scvae
-    from scvae.data import CSRMinibatches, read_query_data
+    from scvae.data import read_query_data
     from scvae.models._vae import default_max_epochs
 
     torch.set_num_threads(1)
     size, rate, fraction = setting.split(",")
     batch_size, lr, warmup = int(size), float(rate), float(fraction)
-    adata = scvae.datasets.pbmc3k()
-    log_norm = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
-    sc.pp.highly_variable_genes(log_norm, flavor="seurat", n_top_genes=2000)
-    adata = adata[:, log_norm.var["highly_variable"].to_numpy()].copy()
+    adata = pbmc_genes(2000)
     heldout = np.sort(np.random.default_rng(0).permutation(adata.n_obs)[: adata.n_obs // 10])
     train = adata[np.setdiff1d(np.arange(adata.n_obs), heldout)].copy()
     model = scvae.ZINBVAE(train)
-    heldout_data = read_query_data(adata[heldout], model.setup)
-
-    class Clock(pl.Callback):
-        """Training CPU seconds (scoring excluded) and held-out ELBO after every epoch."""
-
-        def __init__(self) -> None:
-            self.cpu_seconds: list[float] = []
-            self.elbo: list[float] = []
-            self._total = self._start = 0.0
-
-        def on_train_epoch_start(self, trainer, plan) -> None:
-            self._start = time.thread_time()
-
-        def on_train_epoch_end(self, trainer, plan) -> None:
-            self._total += time.thread_time() - self._start
-            self.cpu_seconds.append(self._total)
-            plan.module.eval()
-            cells = np.arange(len(heldout))
-            loader = CSRMinibatches(heldout_data, cells, batch_size=1024, shuffle=False)
-            with torch.no_grad():
-                total = sum(plan.module.loss(x, b, nz=nz).elbo.sum().item() for x, b, nz in loader)
-            self.elbo.append(total / len(heldout))
-            plan.module.train()
-
-    clock = Clock()
+    clock = epoch_clock_class()(read_query_data(adata[heldout], model.setup), time.thread_time)
     n_fit = math.ceil(0.9 * train.n_obs)  # fit() keeps 10 % for validation by default
     n_steps = default_max_epochs(train.n_obs) * math.ceil(n_fit / batch_size)
     model.fit(
@@ -83,7 +55,7 @@ def worker(setting: str, seed: int) -> dict:
         callbacks=[clock],
         seed=seed,
     )
-    elbo, seconds = np.asarray(clock.elbo), np.asarray(clock.cpu_seconds)
+    elbo, seconds = np.asarray(clock.heldout_elbo), np.cumsum(clock.epoch_times)
     reached = {}
     for target in TARGETS:
         hit = np.nonzero(elbo >= target)[0]

@@ -158,52 +158,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------ data
-def make_split(n_cells: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of cell positions into train and held-out.
-
-    Parameters
-    ----------
-    n_cells
-        Number of cells.
-    heldout_fraction
-        Fraction of cells held out (rounded to the nearest cell).
-    seed
-        Seed of the permutation.
-
-    Returns
-    -------
-    tuple of np.ndarray
-        Sorted ``(train_idx, heldout_idx)``.
-    """
-    perm = np.random.default_rng(seed).permutation(n_cells)
-    n_heldout = round(heldout_fraction * n_cells)
-    return np.sort(perm[n_heldout:]), np.sort(perm[:n_heldout])
-
-
-def top_genes(adata_train: ad.AnnData, n_top_genes: int) -> np.ndarray:
-    """Highly variable genes of the train cells (scanpy's ``seurat`` flavour).
-
-    Parameters
-    ----------
-    adata_train
-        Train cells with raw counts in ``X``.
-    n_top_genes
-        Number of genes to keep.
-
-    Returns
-    -------
-    np.ndarray
-        Boolean mask over genes.
-    """
-    import scanpy as sc
-
-    tmp = ad.AnnData(X=adata_train.X.copy(), var=adata_train.var[[]].copy())
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
-    return tmp.var["highly_variable"].to_numpy()
-
-
 def prepare_data(args: argparse.Namespace) -> tuple[ad.AnnData, np.ndarray, np.ndarray, dict]:
     """Load the counts, optionally subset genes, drop empty cells, split.
 
@@ -218,14 +172,16 @@ def prepare_data(args: argparse.Namespace) -> tuple[ad.AnnData, np.ndarray, np.n
         ``(adata, train_idx, heldout_idx, info)``: a lean AnnData (counts in CSR
         float32 ``X``, the batch column), the split, and a description.
     """
+    from baselines import highly_variable, split_cells  # the split and genes every benchmark uses
+
     full = ad.read_h5ad(args.h5ad)
     keep = [k for k in (args.batch_key, args.group_key) if k in full.obs]
     obs = full.obs[list(dict.fromkeys(keep))].copy()
     adata = ad.AnnData(X=sp.csr_matrix(full.X, dtype=np.float32), obs=obs, var=full.var[[]])
-    train_idx, heldout_idx = make_split(adata.n_obs, args.heldout_fraction, args.seed)
+    train_idx, heldout_idx = split_cells(adata.n_obs, args.heldout_fraction, args.seed)
     info = {"n_cells_file": int(full.n_obs), "n_genes_file": int(full.n_vars)}
     if args.n_top_genes:
-        mask = top_genes(adata[train_idx], args.n_top_genes)
+        mask = highly_variable(adata[train_idx].X, args.n_top_genes)
         adata = adata[:, mask].copy()
         nonempty = np.asarray(adata.X.sum(axis=1)).ravel() > 0
         info["dropped_empty_cells"] = int((~nonempty).sum())

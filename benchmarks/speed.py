@@ -65,15 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------- data
 def pbmc_genes(n_top_genes: int | None) -> ad.AnnData:
     """PBMC 3k counts, all genes or the top ``n_top_genes`` (scanpy ``seurat`` flavour)."""
-    import scanpy as sc
+    from baselines import highly_variable
 
     import scvae
 
     adata = scvae.datasets.pbmc3k()
     if n_top_genes:
-        log_norm = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
-        sc.pp.highly_variable_genes(log_norm, flavor="seurat", n_top_genes=n_top_genes)
-        adata = adata[:, log_norm.var["highly_variable"].to_numpy()].copy()
+        adata = adata[:, highly_variable(adata.X, n_top_genes)].copy()
     return ad.AnnData(X=adata.X, obs=adata.obs[["batch"]], var=adata.var[[]])
 
 
@@ -96,13 +94,58 @@ def resample_cells(base: ad.AnnData, n_cells: int, seed: int) -> ad.AnnData:
 
 
 # ---------------------------------------------------------------------------------- workers
-def scvae_worker(args: argparse.Namespace) -> dict:
-    """Train scvae in this process and return timings (the ``--worker scvae`` entry)."""
+def epoch_clock_class():  # -> type[lightning.pytorch.Callback]
+    """The :class:`EpochClock` callback class (lightning is imported only when needed)."""
     import lightning.pytorch as pl
     import torch
 
+    from scvae.data import CSRMinibatches
+
+    class EpochClock(pl.Callback):
+        """Per-epoch training time (held-out scoring excluded) and held-out ELBO in eval mode.
+
+        Parameters
+        ----------
+        heldout_data
+            Validated held-out cells (``read_query_data``), or None to only time epochs.
+        timer
+            Clock in seconds: ``time.perf_counter`` (wall) or ``time.thread_time`` (CPU).
+        """
+
+        def __init__(self, heldout_data=None, timer=time.perf_counter) -> None:
+            self.heldout_data, self.timer = heldout_data, timer
+            self.epoch_times: list[float] = []
+            self.heldout_elbo: list[float] = []
+            self.cells_per_epoch = 0
+            self._start = 0.0
+
+        def on_train_epoch_start(self, trainer, plan) -> None:
+            self.cells_per_epoch = plan.train_loader.n_cells_per_epoch
+            self._start = self.timer()
+
+        def on_train_epoch_end(self, trainer, plan) -> None:
+            self.epoch_times.append(self.timer() - self._start)
+            if self.heldout_data is None:
+                return
+            n = self.heldout_data.X.shape[0]
+            plan.module.eval()
+            loader = CSRMinibatches(
+                self.heldout_data, np.arange(n), batch_size=1024, shuffle=False
+            ).to(plan.device)
+            with torch.no_grad():
+                total = sum(plan.module.loss(x, b, nz=nz).elbo.sum().item() for x, b, nz in loader)
+            self.heldout_elbo.append(total / n)
+            plan.module.train()
+
+    return EpochClock
+
+
+def scvae_worker(args: argparse.Namespace) -> dict:
+    """Train scvae in this process and return timings (the ``--worker scvae`` entry)."""
+    import torch
+
     import scvae
-    from scvae.data import CSRMinibatches, read_query_data
+    from scvae.data import read_query_data
 
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(args.h5ad)
@@ -115,33 +158,7 @@ def scvae_worker(args: argparse.Namespace) -> dict:
     model = scvae.ZINBVAE(train, n_hidden=128, n_latent=10, n_layers=1, dropout_rate=0.1)
     heldout_data = None if heldout is None else read_query_data(adata[heldout], model.setup)
 
-    class Clock(pl.Callback):
-        """Per-epoch training time (held-out evaluation excluded) and held-out ELBO."""
-
-        def __init__(self) -> None:
-            self.epoch_times: list[float] = []
-            self.heldout_elbo: list[float] = []
-            self.cells_per_epoch = 0
-            self._start = 0.0
-
-        def on_train_epoch_start(self, trainer, plan) -> None:
-            self.cells_per_epoch = plan.train_loader.n_cells_per_epoch
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, plan) -> None:
-            self.epoch_times.append(time.perf_counter() - self._start)
-            if heldout_data is None:
-                return
-            plan.module.eval()
-            loader = CSRMinibatches(
-                heldout_data, np.arange(len(heldout)), batch_size=1024, shuffle=False
-            ).to(plan.device)
-            with torch.no_grad():
-                total = sum(plan.module.loss(x, b, nz=nz).elbo.sum().item() for x, b, nz in loader)
-            self.heldout_elbo.append(total / len(heldout))
-            plan.module.train()
-
-    clock = Clock()
+    clock = epoch_clock_class()(heldout_data)
     t0 = time.perf_counter()
     if args.mode == "same":
         model.fit(
