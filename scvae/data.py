@@ -1,16 +1,18 @@
-"""The AnnData boundary: validation, batch encoding, library priors and device-resident loaders.
+"""The AnnData boundary: every read of a user's AnnData and every slot name written into it.
 
-Everything that touches a user's AnnData goes through :func:`read_training_data` or
-:func:`read_query_data`. They only read: the AnnData is never modified, no column is added,
-and the count matrix is never densified as a whole (it becomes one CSR copy in float32).
-Minibatches are gathered from that CSR by index, on the training device, by
-:class:`CSRMinibatches`: no torch DataLoader and no per-batch AnnData slicing. Each minibatch
-also carries its non-zeros in coordinate form, for the sparse likelihoods.
+Counts go through :func:`read_training_data` or :func:`read_query_data`, embeddings through
+:func:`read_embedding`, ``obs`` columns through :func:`read_obs_column`. They only read: the
+AnnData is never modified, no column is added, and the count matrix is never densified as a
+whole (it becomes one canonical CSR copy in float32: no stored zeros, no duplicates, sorted
+indices, so the representation of the input never changes a result). Writers call
+:func:`check_writable` first and take their slot names from :func:`latent_slots` or
+:func:`cluster_slots`. The validated :class:`CellData` is served as minibatches by
+:mod:`scvae.minibatch`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -21,12 +23,17 @@ import torch
 from anndata import AnnData
 from scipy.special import gammaln
 
-from scvae.distributions import NonZeros
-
 __all__ = [
-    "CSRMinibatches",
+    "CellData",
     "DataSetup",
+    "check_in_memory",
+    "check_writable",
+    "cluster_slots",
+    "latent_slots",
+    "library_log_prior",
     "log_normalize",
+    "read_embedding",
+    "read_obs_column",
     "read_query_data",
     "read_training_data",
 ]
@@ -34,12 +41,276 @@ __all__ = [
 _MAX_LISTED = 10
 
 
-def _listing(items: Sequence[str]) -> str:
+def _listing(items: Sequence[object]) -> str:
     items = [str(i) for i in items]
     shown = ", ".join(repr(i) for i in items[:_MAX_LISTED])
     return shown + (f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else "")
 
 
+# ------------------------------------------------------------------------ checks and slot names
+_VIEW_MESSAGE = (
+    "adata is a view; writing to it would silently copy it. Write to the full AnnData, or make "
+    "the view a real object first: adata = adata.copy()."
+)
+_BACKED_MESSAGE = (
+    "adata is backed on disk; load it into memory first with adata = adata.to_memory()."
+)
+
+
+def _check_anndata(adata: object, name: str = "adata") -> None:
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"{name} must be an AnnData, got {type(adata).__name__}.")
+
+
+def check_in_memory(adata: AnnData) -> None:
+    """Refuse anything but an in-memory AnnData.
+
+    Parameters
+    ----------
+    adata
+        The AnnData about to be read.
+
+    Raises
+    ------
+    TypeError
+        ``adata`` is not an AnnData.
+    ValueError
+        ``adata`` is backed on disk (``sc.read_h5ad(..., backed="r")``).
+    """
+    _check_anndata(adata)
+    if adata.isbacked:
+        raise ValueError(_BACKED_MESSAGE)
+
+
+def check_writable(adata: AnnData, *, copy_option: bool = False) -> None:
+    """Refuse to write results into a view (anndata would silently turn it into a copy).
+
+    Every writer (``write_latent``, ``tl.*``) calls this before computing anything, so that
+    nothing is written if it raises.
+
+    Parameters
+    ----------
+    adata
+        The AnnData about to be written into.
+    copy_option
+        The caller has a ``copy`` argument: the message also suggests ``copy=True``.
+
+    Raises
+    ------
+    TypeError
+        ``adata`` is not an AnnData.
+    ValueError
+        ``adata`` is a view.
+    """
+    _check_anndata(adata)
+    if adata.is_view:
+        raise ValueError(_VIEW_MESSAGE + (" Or pass copy=True." if copy_option else ""))
+
+
+def _check_key(key_added: object, default: str) -> str:
+    key = default if key_added is None else key_added
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key_added must be a non-empty string or None, got {key_added!r}.")
+    return key
+
+
+def latent_slots(key_added: str | None, default: str) -> tuple[str, str]:
+    """The ``obsm`` and ``uns`` keys an embedding is written to, the way scanpy names them.
+
+    ``key_added`` (or ``default`` when None) names the result; the embedding goes to
+    ``obsm["X_<name>"]`` and the record to ``uns[<name>]``. A name that already starts with
+    ``"X_"`` is taken as the ``obsm`` key itself: ``key_added="X_scvi"`` writes
+    ``obsm["X_scvi"]`` and ``uns["scvi"]``, never ``obsm["X_X_scvi"]``.
+
+    Parameters
+    ----------
+    key_added
+        The user's ``key_added``, or None.
+    default
+        The model's default name (``"zinbvae"``, ``"ppca"``, ...).
+
+    Returns
+    -------
+    obsm_key, uns_key
+
+    Raises
+    ------
+    ValueError
+        ``key_added`` is not a non-empty string (or ``"X_"`` alone).
+
+    Examples
+    --------
+    >>> latent_slots(None, "ppca")
+    ('X_ppca', 'ppca')
+    >>> latent_slots("X_scvi", "zinbvae")
+    ('X_scvi', 'scvi')
+    """
+    key = _check_key(key_added, default)
+    name = key[2:] if key.startswith("X_") else key
+    if not name:
+        raise ValueError(f"key_added must name the result, got {key_added!r}.")
+    return f"X_{name}", name
+
+
+def cluster_slots(key_added: str | None, default: str = "gmm") -> tuple[str, str, str]:
+    """The ``obs``, ``obsm`` and ``uns`` keys a clustering is written to.
+
+    Labels go to ``obs[<key>]``, the membership probabilities to ``obsm[<key>_proba]`` and the
+    record to ``uns[<key>]``, with ``<key>`` = ``key_added`` or ``default`` (as
+    ``sc.tl.leiden``'s ``key_added``).
+
+    Parameters
+    ----------
+    key_added
+        The user's ``key_added``, or None.
+    default
+        The default name.
+
+    Returns
+    -------
+    obs_key, obsm_proba_key, uns_key
+
+    Raises
+    ------
+    ValueError
+        ``key_added`` is not a non-empty string.
+
+    Examples
+    --------
+    >>> cluster_slots("gmm")
+    ('gmm', 'gmm_proba', 'gmm')
+    """
+    key = _check_key(key_added, default)
+    return key, f"{key}_proba", key
+
+
+def read_embedding(adata: AnnData, use_rep: str) -> np.ndarray:
+    """``adata.obsm[use_rep]`` as a finite float64 ``(n_cells, n_dims)`` array, or raise.
+
+    Parameters
+    ----------
+    adata
+        AnnData holding the embedding.
+    use_rep
+        Key in ``adata.obsm``.
+
+    Returns
+    -------
+    numpy.ndarray
+        A float64 copy (dense, even for a sparse or DataFrame embedding).
+
+    Raises
+    ------
+    KeyError
+        ``use_rep`` is not in ``adata.obsm`` (the message lists the keys present).
+    ValueError
+        Not 2-D, not numeric, or NaN/inf values (the message names cells).
+    """
+    _check_anndata(adata)
+    if not isinstance(use_rep, str) or use_rep not in adata.obsm:
+        available = ", ".join(repr(k) for k in adata.obsm) or "none"
+        raise KeyError(
+            f"use_rep={use_rep!r} is not in adata.obsm (available keys: {available}). "
+            "Write an embedding first, e.g. with a fitted model's "
+            "model.write_latent(adata) (-> 'X_zinbvae') or sc.pp.pca(adata) (-> 'X_pca'), "
+            "or pass use_rep=<one of the available keys>."
+        )
+    rep = adata.obsm[use_rep]
+    if sp.issparse(rep):
+        rep = rep.toarray()
+    rep = np.asarray(rep)
+    if rep.ndim != 2 or rep.shape[1] == 0:
+        raise ValueError(
+            f"adata.obsm[{use_rep!r}] must be a 2-D (n_cells, n_dims) array with n_dims >= 1, "
+            f"got shape {rep.shape}."
+        )
+    if rep.dtype == np.bool_ or not (
+        np.issubdtype(rep.dtype, np.floating) or np.issubdtype(rep.dtype, np.integer)
+    ):
+        raise ValueError(f"adata.obsm[{use_rep!r}] must be numeric, got dtype {rep.dtype}.")
+    rep = rep.astype(np.float64)  # always a copy
+    finite = np.isfinite(rep).all(axis=1)  # (n_cells,)
+    if not finite.all():
+        bad = adata.obs_names[~finite]
+        raise ValueError(
+            f"adata.obsm[{use_rep!r}] has NaN or infinite values in {bad.size} of "
+            f"{rep.shape[0]} cells (e.g. {list(bad[:5])}). Recompute the embedding (a diverged "
+            "model gives NaN latents) or subset the AnnData to the finite cells first."
+        )
+    return rep
+
+
+def _label_strings(values: np.ndarray) -> np.ndarray:
+    """The string form of labels, one for each value whatever its type.
+
+    ``2``, ``np.int64(2)``, ``2.0`` and ``"2"`` all become ``"2"``, so that an integer, a float
+    and a string column (or a categorical of any of them) of the same labels read the same.
+    """
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            v = int(v)
+        out[i] = str(v)
+    return out
+
+
+def _label_string(value: object) -> str:
+    return str(_label_strings(np.asarray([value], dtype=object))[0])
+
+
+def _obs_labels(column: pd.Series) -> np.ndarray:
+    """(N,) object array of the label strings of an ``obs`` column (no missing values)."""
+    codes, uniques = pd.factorize(column, sort=False)  # works on categorical, numeric, str
+    names = _label_strings(np.asarray(uniques, dtype=object))
+    return names[codes]
+
+
+def read_obs_column(adata: AnnData, key: str, *, what: str) -> np.ndarray:
+    """``adata.obs[key]`` as an (N,) array of label strings, or a clear error.
+
+    Labels of any type read the same: ``2``, ``2.0`` and ``"2"`` are all ``"2"``; unused
+    categories of a categorical column play no part.
+
+    Parameters
+    ----------
+    adata
+        AnnData holding the column.
+    key
+        Column of ``adata.obs``.
+    what
+        The name of the argument that gave ``key`` (``"label_key"``), used in messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of strings.
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not a column (the message lists the columns present).
+    ValueError
+        The column has missing values.
+    """
+    _check_anndata(adata)
+    if not isinstance(key, str) or key not in adata.obs:
+        columns = ", ".join(repr(c) for c in adata.obs.columns) or "none"
+        raise KeyError(
+            f"{what}={key!r} is not a column of adata.obs (available columns: {columns}). "
+            f"Pass {what}=<one of the available columns>."
+        )
+    column = adata.obs[key]
+    missing = column.isna()
+    if missing.any():
+        raise ValueError(
+            f"adata.obs[{key!r}] has {int(missing.sum())} missing values; every cell needs a "
+            f"{what.removesuffix('_key')}. Subset to the labelled cells first, e.g. "
+            f"adata[adata.obs[{key!r}].notna()].copy()."
+        )
+    return _obs_labels(column)
+
+
+# --------------------------------------------------------------------------------- the counts
 @dataclass(frozen=True)
 class DataSetup:
     """What a model remembers of its training AnnData.
@@ -71,6 +342,35 @@ class DataSetup:
         """Number of genes."""
         return len(self.var_names)
 
+    def batch_code(self, label: object) -> int:
+        """The code of a batch label, given as in ``adata.obs[batch_key]``.
+
+        Parameters
+        ----------
+        label
+            A batch label of any type: ``2``, ``np.int64(2)``, ``2.0`` and ``"2"`` all name
+            the batch ``"2"``.
+
+        Returns
+        -------
+        int
+            Its index in :attr:`batch_categories`.
+
+        Raises
+        ------
+        ValueError
+            An unknown batch (the message lists the known ones).
+        """
+        name = _label_string(label)
+        try:
+            return self.batch_categories.index(name)
+        except ValueError:
+            known = _listing(self.batch_categories)
+            where = f"adata.obs[{self.batch_key!r}]" if self.batch_key else "training"
+            raise ValueError(
+                f"Unknown batch {label!r}; the model knows the batches of {where}: {known}."
+            ) from None
+
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
         return {
@@ -92,12 +392,7 @@ class DataSetup:
 
 
 def _get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix | np.ndarray:
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"Expected an AnnData object, got {type(adata).__name__}.")
-    if adata.isbacked:
-        raise ValueError(
-            "adata is backed on disk; load it into memory first with adata = adata.to_memory()."
-        )
+    check_in_memory(adata)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
     if layer is None:
@@ -117,18 +412,32 @@ def _get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix | np.ndarray
 
 
 def _to_csr(X) -> sp.csr_matrix:
-    """One float32 CSR copy of ``X`` (dense, CSR, CSC or COO), never densifying sparse input."""
+    """One canonical float32 CSR copy of ``X``, never densifying sparse input.
+
+    Whatever the input's representation (dense, CSR, CSC, COO, sparse matrix or array, any
+    numeric dtype, stored zeros, duplicate entries, unsorted or int64 indices), the same
+    values give the same matrix: duplicates summed, explicit zeros dropped (they would be
+    scored as observed non-zero counts), sorted int32 indices where they fit. ``X`` itself is
+    never modified.
+    """
     if sp.issparse(X):
         csr = sp.csr_matrix(X, dtype=np.float32, copy=True)
     elif isinstance(X, np.ndarray):
+        if X.dtype != np.bool_ and not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"The count matrix must be numeric, got dtype {X.dtype}.")
         csr = sp.csr_matrix(np.asarray(X, dtype=np.float32))
     else:
         raise TypeError(
             f"Unsupported matrix type {type(X).__name__}; expected a numpy array or a scipy "
             "sparse matrix (dask and backed arrays: call .compute() / .to_memory() first)."
         )
-    csr.sum_duplicates()
+    csr.sum_duplicates()  # also sorts the indices
+    csr.eliminate_zeros()
     csr.sort_indices()
+    if csr.nnz < np.iinfo(np.int32).max and csr.indices.dtype != np.int32:
+        csr.indices = csr.indices.astype(np.int32)
+        csr.indptr = csr.indptr.astype(np.int32)
+    csr.has_canonical_format = True
     return csr
 
 
@@ -173,6 +482,13 @@ def _check_cells(csr: sp.csr_matrix, *, where: str) -> np.ndarray:
 def _batch_codes(
     adata: AnnData, batch_key: str | None, categories: Sequence[str] | None
 ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Batch codes of the cells and the categories in code order.
+
+    Labels are read by :func:`read_obs_column` (``2``, ``2.0`` and ``"2"`` are one batch) and
+    the training categories are the labels present, sorted as strings, whatever the column's
+    dtype or category order: a string, numeric or categorical column of the same labels (with
+    or without unused categories) gives the same codes.
+    """
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), ("0",) if categories is None else tuple(
             categories
@@ -188,13 +504,9 @@ def _batch_codes(
             f"adata.obs[{batch_key!r}] has {int(column.isna().sum())} missing values; give "
             "every cell a batch label."
         )
-    labels = column.astype(str).to_numpy()
+    labels = _obs_labels(column)
     if categories is None:
-        if isinstance(column.dtype, pd.CategoricalDtype):
-            present = set(labels)
-            categories = tuple(str(c) for c in column.cat.categories if str(c) in present)
-        else:
-            categories = tuple(sorted(set(labels)))
+        categories = tuple(sorted(set(labels)))
     lookup = {c: i for i, c in enumerate(categories)}
     unseen = sorted(set(labels) - lookup.keys())
     if unseen:
@@ -339,150 +651,3 @@ def library_log_prior(
             mean[s] = in_s.mean()
             var[s] = max(in_s.var(), min_var)
     return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
-
-
-class CSRMinibatches:
-    """Minibatches gathered by index from a CSR matrix that lives on the training device.
-
-    The counts are copied to the device once, as CSR (``crow``, ``col``, ``val``). Each
-    minibatch is a dense (B, G) tensor built on the device by a scatter of the selected rows'
-    non-zeros, so host-device traffic per step is only the index vector.
-
-    Parameters
-    ----------
-    data
-        Validated cells.
-    indices
-        Positions of the cells to iterate over.
-    batch_size
-        Cells per minibatch.
-    shuffle
-        Reshuffle every epoch (with ``generator``).
-    drop_last
-        Drop a last partial minibatch of fewer than 3 cells (BatchNorm needs two).
-    seed
-        Seed of the shuffling generator.
-    dense
-        Also build the dense (B, G) counts of each minibatch. False yields ``None`` in their
-        place, for a module that reads its input by the non-zeros (saves a (B, G) fill and
-        scatter per step).
-    """
-
-    def __init__(
-        self,
-        data: CellData,
-        indices: np.ndarray,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool = False,
-        seed: int = 0,
-        dense: bool = True,
-    ) -> None:
-        X = data.X
-        self.n_genes = X.shape[1]
-        # the loaders share the validated CSR's memory on the CPU (no copy per loader)
-        self.crow = torch.from_numpy(X.indptr.astype(np.int64, copy=False))  # (N+1,)
-        self.col = torch.from_numpy(X.indices.astype(np.int32, copy=False))  # (nnz,) int32
-        self.val = torch.from_numpy(X.data.astype(np.float32, copy=False))  # (nnz,)
-        self.batch_index = torch.from_numpy(data.batch_index)  # (N,)
-        self.log_x_factorial = torch.from_numpy(data.log_x_factorial)  # (N,) computed once
-        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        # only a last minibatch of fewer than 3 cells is dropped: BatchNorm needs 2, and a
-        # cell or two would make one noisy step; larger remainders are real training signal
-        self.drop_last = drop_last and 0 < len(self.indices) % batch_size < 3 < len(self.indices)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.device = torch.device("cpu")  # where minibatches are served
-        self.dense = dense
-
-    _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the stored counts and per-cell vectors."""
-        return sum(
-            getattr(self, n).element_size() * getattr(self, n).numel() for n in self._STORAGE
-        )
-
-    def to(self, device: torch.device | str, *, resident: bool | None = None) -> CSRMinibatches:
-        """Serve minibatches on ``device``.
-
-        Parameters
-        ----------
-        device
-            Where minibatches are consumed.
-        resident
-            Copy the counts to ``device`` once and gather there (fast path). False streams:
-            the counts stay in (pinned) host memory, each minibatch is gathered on the host and
-            copied asynchronously. None: resident unless the counts take more than half of
-            the free memory of a CUDA device.
-        """
-        device = torch.device(device)
-        if resident is None:
-            resident = (
-                device.type != "cuda" or self.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]
-            )
-        storage = device if resident else torch.device("cpu")
-        for name in self._STORAGE:
-            tensor = getattr(self, name).to(storage)
-            if storage.type == "cpu" and device.type == "cuda":
-                tensor = tensor.pin_memory()
-            setattr(self, name, tensor)
-        self.device = device
-        return self
-
-    @property
-    def n_cells_per_epoch(self) -> int:
-        """Cells served by one pass (all of them unless a tiny last minibatch is dropped)."""
-        n = len(self.indices)
-        return n - n % self.batch_size if self.drop_last else n
-
-    def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, NonZeros]:
-        """Dense counts (B, G) (None unless ``dense``), batch codes (B,) and the non-zeros of
-        the cells at ``rows``."""
-        start = self.crow[rows]  # (B,)
-        n_nz = self.crow[rows + 1] - start  # (B,)
-        row_of_nz = torch.repeat_interleave(
-            torch.arange(len(rows), device=rows.device), n_nz
-        )  # (nnz_B,)
-        first_nz = torch.cumsum(n_nz, 0) - n_nz  # (B,) exclusive prefix sum
-        position = (
-            torch.arange(len(row_of_nz), device=rows.device)
-            - first_nz[row_of_nz]
-            + start[row_of_nz]
-        )  # (nnz_B,) positions in col/val
-        col, val = self.col[position].long(), self.val[position]  # (nnz_B,)
-        x = None
-        if self.dense:
-            x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
-            x[row_of_nz, col] = val
-        nz = NonZeros(row_of_nz, col, val, self.log_x_factorial[rows], len(rows), first_nz)
-        return x, self.batch_index[rows], nz
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, NonZeros]]:
-        order = self.indices
-        if self.shuffle:
-            perm = torch.randperm(len(order), generator=self.generator).to(order.device)
-            order = order[perm]
-        streaming = order.device != self.device
-        for b in range(len(self)):
-            x, batch_index, nz = self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
-            if streaming:
-                move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
-                x = None if x is None else move(x)
-                batch_index = move(batch_index)
-                nz = NonZeros(
-                    move(nz.row),
-                    move(nz.col),
-                    move(nz.x),
-                    move(nz.log_x_factorial),
-                    nz.n_cells,
-                    move(nz.offsets),
-                )
-            yield x, batch_index, nz
