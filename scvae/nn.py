@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
-__all__ = ["MLP", "CountDecoder", "GaussianDecoder", "GaussianEncoder", "SparseInput"]
+__all__ = [
+    "MLP",
+    "CountDecoder",
+    "DecoderOutput",
+    "GaussianDecoder",
+    "GaussianEncoder",
+    "SparseInput",
+]
 
 
 @dataclass
@@ -40,6 +47,34 @@ class SparseInput:
     values: torch.Tensor
     col: torch.Tensor
     offsets: torch.Tensor
+
+
+@dataclass
+class DecoderOutput:
+    """What a decoder emits for each cell and gene, (N, G) each (or ([K,] N, G) reshaped).
+
+    Attributes
+    ----------
+    location
+        ``log rho`` (log expression proportions) for counts, the mean for Gaussian data.
+    zi_logits
+        Zero-inflation logits, or None.
+    log_theta
+        Per-cell log inverse dispersion (``dispersion="gene-cell"``), or None.
+    """
+
+    location: torch.Tensor
+    zi_logits: torch.Tensor | None = None
+    log_theta: torch.Tensor | None = None
+
+    def reshape(self, *shape: int) -> DecoderOutput:
+        """Every tensor reshaped to ``shape`` (e.g. (K*N, G) -> (K, N, G))."""
+        return DecoderOutput(
+            *(None if t is None else t.reshape(*shape) for t in self._tensors())
+        )
+
+    def _tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.location, self.zi_logits, self.log_theta)
 
 
 class CovariateLinear(nn.Module):
@@ -204,15 +239,13 @@ class CountDecoder(nn.Module):
         self.zi_logits = nn.Linear(n_hidden, n_genes) if zero_inflation else None
         self.log_theta = nn.Linear(n_hidden, n_genes) if gene_cell_dispersion else None
 
-    def forward(
-        self, z: torch.Tensor, batch_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, z: torch.Tensor, batch_index: torch.Tensor) -> DecoderOutput:
         """Return ``log rho`` (N, G), zero-inflation logits and per-cell log theta (or None)."""
         h = self.mlp(z, batch_index)  # (N, n_hidden)
         log_rho = torch.log_softmax(self.rho_logits(h), dim=-1)  # (N, G) log of simplex
         zi_logits = self.zi_logits(h) if self.zi_logits is not None else None  # (N, G)
         log_theta = self.log_theta(h) if self.log_theta is not None else None  # (N, G)
-        return log_rho, zi_logits, log_theta
+        return DecoderOutput(log_rho, zi_logits, log_theta)
 
 
 class GaussianDecoder(nn.Module):
@@ -242,6 +275,6 @@ class GaussianDecoder(nn.Module):
         self.mlp = MLP(n_latent, n_hidden, n_layers=n_layers, n_batch=n_batch, dropout_rate=0.0)
         self.mean = nn.Linear(n_hidden, n_genes)
 
-    def forward(self, z: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        """Return the mean ``mu(z, s)``, (N, G)."""
-        return self.mean(self.mlp(z, batch_index))  # (N, G)
+    def forward(self, z: torch.Tensor, batch_index: torch.Tensor) -> DecoderOutput:
+        """Return the mean ``mu(z, s)``, (N, G), as the output's ``location``."""
+        return DecoderOutput(self.mean(self.mlp(z, batch_index)))  # (N, G)

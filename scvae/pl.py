@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
-from scvae.models._vae import VAEModel
+if TYPE_CHECKING:  # matplotlib and the models (torch) are imported where they are used
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from scvae.models._vae import VAEModel
 
 __all__ = ["history", "latent_kl", "posterior_predictive", "posterior_predictive_stats"]
 
@@ -41,6 +43,8 @@ _TRAIN_COLOR, _VALIDATION_COLOR, _WEIGHT_COLOR = "C0", "C1", "0.45"
 
 # ---------------------------------------------------------------------------------- helpers
 def _check_vae(model: object, function: str) -> VAEModel:
+    from scvae.models._vae import VAEModel
+
     if not isinstance(model, VAEModel):
         raise TypeError(
             f"scvae.pl.{function} needs a fitted scvae VAE (ZINBVAE, NBVAE, PoissonVAE or "
@@ -53,6 +57,9 @@ def _check_vae(model: object, function: str) -> VAEModel:
 
 def _axes(ax: Axes | Sequence[Axes] | None, n: int, *, panel_size: tuple[float, float]):
     """``n`` Axes: new ones side by side, or the given ones (checked)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+
     if ax is None:
         fig, axs = plt.subplots(
             1, n, figsize=(panel_size[0] * n, panel_size[1]), squeeze=False, layout="constrained"
@@ -76,6 +83,8 @@ def _show_or_save(fig: Figure, show: bool | None, save: str | Path | None) -> bo
 
         show = bool(sc.settings.autoshow)
     if show:
+        import matplotlib.pyplot as plt
+
         plt.show()
     return show
 
@@ -155,7 +164,7 @@ def history(
     frame = frame.iloc[skip_epochs:]
     epochs = frame.index.to_numpy()
     fig, axs = _axes(ax, len(keys), panel_size=(4.2, 3.2))
-    best = model.fit_params.get("best_epoch")
+    best = model.training.get("best_epoch")
     weight_panel = next((i for i, k in enumerate(keys) if k.startswith("kl")), len(keys) - 1)
     for i, (key, axis) in enumerate(zip(keys, axs, strict=True)):
         for stage, color, style in (
@@ -257,10 +266,12 @@ def latent_kl(
     axis.set_title(
         f"{n_active} of {n_latent} dimensions active (activity > {threshold:g})", fontsize="medium"
     )
+    from matplotlib.patches import Rectangle
+
     axis.legend(
         handles=[
-            plt.Rectangle((0, 0), 1, 1, color="C0", label="active"),
-            plt.Rectangle((0, 0), 1, 1, color="#a6c8e4", label="inactive (collapsed)"),
+            Rectangle((0, 0), 1, 1, color="C0", label="active"),
+            Rectangle((0, 0), 1, 1, color="#a6c8e4", label="inactive (collapsed)"),
         ],
         fontsize="small",
         frameon=False,

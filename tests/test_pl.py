@@ -53,7 +53,7 @@ def test_history_kl_is_sum_of_both_terms_and_skip_epochs(trained) -> None:
 
 
 def test_history_marks_best_epoch(trained, monkeypatch) -> None:
-    monkeypatch.setitem(trained.fit_params, "best_epoch", 30)
+    monkeypatch.setitem(trained.training, "best_epoch", 30)
     axs = scvae.pl.history(trained, keys=("elbo",), show=False)
     assert any(list(line.get_xdata()) == [30, 30] for line in axs[0].get_lines())
 
@@ -95,7 +95,7 @@ def test_show_true_does_not_block(trained) -> None:
 # -------------------------------------------------------------------------------- latent_kl
 def test_latent_kl_sums_to_the_elbo_kl_term(sim: AnnData, trained) -> None:
     table = trained.latent_kl()
-    n_latent = trained.config["n_latent"]
+    n_latent = trained.config.n_latent
     assert list(table.columns) == ["kl", "activity", "active"]
     assert list(table.index) == list(range(n_latent)) and table.index.name == "dimension"
     # the ELBO's KL(q(z)||p(z)) term at KL weight 1, on the same cells, from module.loss

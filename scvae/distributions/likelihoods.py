@@ -1,4 +1,4 @@
-"""Count log-likelihoods as pure functions of tensors.
+"""Log-likelihoods as pure functions of tensors.
 
 All three observation models of the scVI family are written here once, in forms that stay
 finite at the extremes (tiny means, huge or tiny inverse dispersions):

@@ -1,7 +1,31 @@
-"""User-facing model classes: fit, get_latent, write_latent, scoring, save/load."""
+"""User-facing model classes: fit, get_latent, write_latent, scoring, save/load.
 
+======================  ==============================================================
+module                  models
+======================  ==============================================================
+``_vae.py``             :class:`VAEModel`, the shared VAE implementation, and its config
+``_scvi.py``            :class:`ZINBVAE`, :class:`NBVAE`, :class:`PoissonVAE`
+``_gaussian_vae.py``    :class:`GaussianVAE`
+``_ppca.py``            :class:`PPCA`
+``_gmm.py``             :class:`GMM`
+``_io.py``              the one save/load path (:class:`~scvae.models._io.SavedModel`)
+======================  ==============================================================
+"""
+
+from scvae.models._gaussian_vae import GaussianVAE
 from scvae.models._gmm import GMM
 from scvae.models._ppca import PPCA
-from scvae.models._vae import NBVAE, ZINBVAE, GaussianVAE, PoissonVAE, VAEModel
+from scvae.models._scvi import NBVAE, ZINBVAE, PoissonVAE
+from scvae.models._vae import VAEModel
+from scvae.models._vae_config import VAEConfig
 
-__all__ = ["GMM", "NBVAE", "PPCA", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEModel"]
+__all__ = [
+    "GMM",
+    "NBVAE",
+    "PPCA",
+    "ZINBVAE",
+    "GaussianVAE",
+    "PoissonVAE",
+    "VAEConfig",
+    "VAEModel",
+]

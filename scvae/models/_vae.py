@@ -1,83 +1,69 @@
-"""User-facing VAEs over one implementation: ZINBVAE, NBVAE, PoissonVAE and GaussianVAE."""
+"""User-facing VAEs over one implementation: ZINBVAE, NBVAE, PoissonVAE and GaussianVAE.
+
+The path through the code: the AnnData boundary (:mod:`scvae.data`) validates the cells, the
+model builds a :class:`~scvae.module.vae.VAEModule` from its :class:`VAEConfig`,
+:func:`scvae.train.train_vae` fits it with Lightning, and the getters below run the trained
+module over :class:`~scvae.minibatch.Minibatch` chunks and write results back into AnnData.
+This file never imports Lightning.
+"""
 
 from __future__ import annotations
 
-import json
-import math
+import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from scvae import checks
 from scvae.data import (
     CellData,
-    CSRMinibatches,
     DataSetup,
+    check_writable,
+    latent_slots,
     library_log_prior,
     log_normalize,
     read_query_data,
     read_training_data,
 )
-from scvae.distributions import NonZeros
-from scvae.models._io import META_FILE, prepare_directory, read_meta
-from scvae.module.vae import DISPERSIONS, LIBRARIES, VAEModule
-from scvae.train import (
-    EarlyStoppingAfterWarmup,
-    TrainingDivergedError,
-    TrainingPlan,
-    make_trainer,
-    recalibrate_batchnorm,
-)
+from scvae.minibatch import CSRMinibatches, Minibatch
+from scvae.models._io import SavedModel
+from scvae.models._vae_config import VAEConfig
+from scvae.module.vae import VAEModule
+from scvae.train import TrainConfig, TrainingDivergedError, train_vae
 
-__all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEModel"]
+__all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEConfig", "VAEModel"]
 
-_WEIGHTS_FILE = "model.pt"
+_LOG = logging.getLogger("scvae")
 # Elements of one (K, B, G) intermediate tensor allowed when scoring (bounds scoring memory).
 _SCORING_BUDGET = 2**23
+#: the fit options recorded in ``uns[key]["params"]`` and ``model.training``
+_RECORDED = (
+    "max_epochs",
+    "n_epochs_trained",
+    "best_epoch",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "train_size",
+    "early_stopping",
+    "patience",
+    "n_steps_kl_warmup",
+    "seed",
+    "device",
+    "interrupted",
+)
 
 
-#: Largest fraction of non-zero counts at which the encoders read their input sparsely on the
-#: CPU, and the fewest genes (``benchmarks/sparse_input.py`` measures the crossover).
-SPARSE_INPUT_MAX_DENSITY = 0.1
-SPARSE_INPUT_MIN_GENES = 8000
-
-
-def sparse_input_pays(data: CellData, device: torch.device) -> bool:
-    """Whether the encoders' first layer should read the counts by their non-zeros.
-
-    On the CPU a sparse product costs ``nnz`` row gathers against ``G`` multiply-adds per cell
-    for the dense one. Measured on PBMC 3k (about 5-7 % non-zeros): 1.16x faster per training
-    step with all 16.6k genes, on par with 1 thread and 0.88x with 2 threads at 2,000 genes
-    (the gather does not parallelize as well as the dense product). So: sparse for many genes
-    at low density. On a GPU the dense product is so fast that the gather does not pay.
-    """
-    n_cells, n_genes = data.X.shape
-    density = data.X.nnz / max(n_cells * n_genes, 1)
-    return bool(
-        device.type == "cpu"
-        and density <= SPARSE_INPUT_MAX_DENSITY
-        and n_genes >= SPARSE_INPUT_MIN_GENES
-    )
-
-
-def default_max_epochs(n_cells: int) -> int:
-    """scVI's rule: 400 epochs up to 20k cells, then fewer, ``round(400 * 20000 / n)``."""
-    return int(max(10, min(400, round(400 * 20_000 / max(n_cells, 1)))))
-
-
-class VAEModel:
+class VAEModel(SavedModel):
     """Shared implementation of the VAEs; see :class:`ZINBVAE` for the documentation."""
 
-    likelihood: ClassVar[str] = "zinb"
+    likelihood: ClassVar[Literal["zinb", "nb", "poisson", "gaussian"]] = "zinb"
     default_key: ClassVar[str] = "zinbvae"
-    #: config keys that are data options, not VAEModule arguments
-    _data_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -89,79 +75,62 @@ class VAEModel:
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
-        dispersion: str = "gene",
-        library: str = "latent",
+        dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
+        library: Literal["latent", "observed"] = "latent",
     ) -> None:
-        config = {
-            "n_latent": n_latent,
-            "n_hidden": n_hidden,
-            "n_layers": n_layers,
-            "dropout_rate": dropout_rate,
-            "dispersion": dispersion,
-            "library": library,
-        }
-        self._check_config(config)
-        self._initialise_from(adata, layer=layer, batch_key=batch_key, config=config)
-
-    def _initialise_from(
-        self, adata: AnnData, *, layer: str | None, batch_key: str | None, config: dict
-    ) -> None:
-        setup, data = read_training_data(adata, layer=layer, batch_key=batch_key, counts=True)
-        self._initialise(setup, config, data=data, adata=adata)
+        config = VAEConfig(
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            library=library,
+        )
+        self._setup_from(adata, layer=layer, batch_key=batch_key, config=config)
 
     # ------------------------------------------------------------------------ construction
-    @staticmethod
-    def _check_config(config: dict[str, Any]) -> None:
-        for name in ("n_latent", "n_hidden", "n_layers"):
-            value = config[name]
-            if not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not 0.0 <= config["dropout_rate"] < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {config['dropout_rate']!r}.")
-        if config["dispersion"] not in DISPERSIONS:
-            raise ValueError(
-                f"dispersion={config['dispersion']!r} is not one of {', '.join(DISPERSIONS)}."
-            )
-        if config["library"] not in LIBRARIES:
-            raise ValueError(f"library={config['library']!r} is not one of {', '.join(LIBRARIES)}.")
-
-    def _initialise(
-        self,
-        setup: DataSetup,
-        config: dict[str, Any],
-        *,
-        data: CellData | None,
-        adata: AnnData | None,
+    def _setup_from(
+        self, adata: AnnData, *, layer: str | None, batch_key: str | None, config: VAEConfig
     ) -> None:
+        counts = self._reads_counts(config)
+        setup, data = read_training_data(
+            adata, layer=layer, batch_key=batch_key, counts=counts, nonnegative=counts
+        )
+        self._init_state(setup, config, data=self._transform(data, config))
+
+    def _init_state(self, setup: DataSetup, config: VAEConfig, *, data: CellData | None) -> None:
         self.setup = setup
-        self.config = dict(config)
-        self.adata = adata
+        self.config = config
         self._data = data
-        if data is not None:
-            log_mean, log_var = library_log_prior(
-                data.library_size, data.batch_index, setup.n_batch
-            )
-        else:
-            log_mean = torch.zeros(setup.n_batch)
-            log_var = torch.ones(setup.n_batch)
-        self.module = self._build_module(log_mean, log_var)
-        self.is_trained = False
+        self.module: VAEModule | None = None
         self.history = pd.DataFrame()
-        self.fit_params: dict[str, Any] = {}
+        self.training: dict[str, Any] = {}
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.device = torch.device("cpu")
 
+    def _reads_counts(self, config: VAEConfig) -> bool:
+        """Whether the input must be raw counts (every model but a non-normalizing Gaussian)."""
+        return True
+
+    def _transform(self, data: CellData, config: VAEConfig) -> CellData:
+        """What the module reads, from the validated cells (identity for count models)."""
+        return data
+
     def _build_module(self, log_mean: torch.Tensor, log_var: torch.Tensor) -> VAEModule:
-        options = {k: v for k, v in self.config.items() if k not in self._data_options}
         return VAEModule(
             self.setup.n_genes,
             self.setup.n_batch,
             log_mean,
             log_var,
             likelihood=self.likelihood,
-            **options,
+            **self.config.module_options(),
         )
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the model has weights (fitted or loaded)."""
+        return self.module is not None
 
     @property
     def var_names(self) -> pd.Index:
@@ -175,10 +144,11 @@ class VAEModel:
 
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "not trained"
+        c = self.config
         return (
             f"{type(self).__name__}({self.setup.n_genes} genes, {self.setup.n_batch} batches, "
-            f"n_latent={self.config['n_latent']}, dispersion={self.config['dispersion']!r}, "
-            f"library={self.config['library']!r}; {state})"
+            f"n_latent={c.n_latent}, dispersion={c.dispersion!r}, library={c.library!r}; "
+            f"{state})"
         )
 
     # ------------------------------------------------------------------------------ training
@@ -193,11 +163,11 @@ class VAEModel:
         early_stopping: bool = True,
         patience: int = 30,
         n_steps_kl_warmup: int | None = None,
-        seed: int = 0,
+        seed: int | None = 0,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         progress_bar: bool = True,
-        callbacks: Sequence[pl.Callback] = (),
+        callbacks: Sequence[Any] = (),
     ) -> VAEModel:
         """Fit by maximizing the ELBO with amortized, reparameterized minibatch VI.
 
@@ -209,28 +179,30 @@ class VAEModel:
         max_epochs
             Passes over the training cells; None picks ``min(400, 400 * 20000 / n_cells)``.
         batch_size
-            Cells per minibatch.
+            Cells per minibatch (at least 2: BatchNorm needs two cells).
         lr, weight_decay
             Adam learning rate and weight decay.
         train_size
             Fraction of cells used for training; the rest (seeded split) is the validation set
-            for early stopping and the history. 1.0 trains on every cell (no validation).
+            for early stopping and the history. 1.0 trains on every cell: there is then no
+            validation, so early stopping is off (``training["early_stopping"]`` says so).
         early_stopping
             Stop when the validation ELBO has not improved for ``patience`` epochs after the KL
             warm-up, and keep the weights of the best validation epoch.
         patience
             See ``early_stopping``.
         n_steps_kl_warmup
-            Optimizer steps over which the KL weight rises linearly from 0 to 1. None: a tenth
-            of all steps, so the weight reaches 1 early and most of training maximizes the
-            ELBO itself (on PBMC 3k a tenth reached a better held-out ELBO, sooner, than a
+            Optimizer steps over which the weight of KL(z) rises linearly from 0 to 1. None: a
+            tenth of all steps, so the weight reaches 1 early and most of training maximizes
+            the ELBO itself (on PBMC 3k a tenth reached a better held-out ELBO, sooner, than a
             quarter; ``benchmarks/speed.py``).
         seed
             Seeds the split, the initialization, the minibatch order and the MC samples.
+            None draws a random seed, recorded in ``training["seed"]``.
         accelerator, devices
             Lightning's; "auto" uses one GPU when present, else the CPU.
         progress_bar
-            Show Lightning's progress bar.
+            Show progress: a bar on a terminal, else one line per few epochs on stderr.
         callbacks
             Extra Lightning callbacks (they see the :class:`~scvae.train.TrainingPlan`).
 
@@ -246,89 +218,43 @@ class VAEModel:
             its previous state.
         """
         data = self._require_training_data()
-        n_cells = data.X.shape[0]
-        if not 0.0 < train_size <= 1.0:
-            raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
-        if max_epochs is not None and max_epochs < 1:
-            raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs}.")
-        train_idx, val_idx = self._split(n_cells, train_size, seed)
-        if early_stopping and len(val_idx) == 0:
-            raise ValueError(
-                "early_stopping needs validation cells, but train_size=1.0 leaves none. "
-                "Use train_size<1 or early_stopping=False."
-            )
-        if len(train_idx) < 2:
-            raise ValueError(f"Need at least 2 training cells, got {len(train_idx)}.")
-        max_epochs = max_epochs or default_max_epochs(n_cells)
-        train_loader = CSRMinibatches(
-            data, train_idx, batch_size=batch_size, shuffle=True, drop_last=True, seed=seed
-        )
-        val_loader = (
-            CSRMinibatches(data, val_idx, batch_size=max(batch_size, 1024), shuffle=False)
-            if len(val_idx)
-            else None
-        )
-        total_steps = max_epochs * len(train_loader)
-        if n_steps_kl_warmup is None:
-            n_steps_kl_warmup = total_steps // 10
-        pl.seed_everything(seed, workers=False, verbose=False)
-        module = self._build_module(self.module.library_log_mean, self.module.library_log_var)
-        plan = TrainingPlan(
-            module,
-            train_loader=train_loader,
-            val_loader=val_loader,
-            lr=lr,
-            weight_decay=weight_decay,
-            n_steps_kl_warmup=n_steps_kl_warmup,
-        )
-        stopper = EarlyStoppingAfterWarmup(patience=patience) if early_stopping else None
-        trainer = make_trainer(
-            max_epochs=max_epochs,
+        config = TrainConfig(
+            max_epochs=checks.optional_positive_int("max_epochs", max_epochs),
+            batch_size=checks.positive_int("batch_size", batch_size, minimum=2),
+            lr=checks.fraction("lr", lr, low=0.0, high=float("inf"), include_low=False),
+            weight_decay=checks.fraction("weight_decay", weight_decay, low=0.0, high=np.inf),
+            train_size=checks.fraction("train_size", train_size, low=0.0, include_low=False),
+            early_stopping=bool(early_stopping),
+            patience=checks.positive_int("patience", patience),
+            n_steps_kl_warmup=checks.optional_positive_int(
+                "n_steps_kl_warmup", n_steps_kl_warmup, minimum=0
+            ),
+            seed=checks.resolve_seed(seed),
             accelerator=accelerator,
             devices=devices,
-            callbacks=([stopper] if stopper else []) + list(callbacks),
-            progress_bar=progress_bar,
-            check_val=val_loader is not None,
+            progress_bar=bool(progress_bar),
         )
-        module.sparse_input = sparse_input_pays(data, trainer.strategy.root_device)
-        for loader in (train_loader, val_loader):
-            if loader is not None:
-                loader.dense = not module.sparse_input  # the dense counts would go unused
+        log_mean, log_var = library_log_prior(
+            data.library_size, data.batch_index, self.setup.n_batch
+        )
         try:
-            trainer.fit(plan)
+            result = train_vae(
+                lambda: self._build_module(log_mean, log_var), data, config, callbacks=callbacks
+            )
         except TrainingDivergedError as err:
             raise TrainingDivergedError(str(err)) from None
-        self.device = trainer.strategy.root_device
-        recalibrate_batchnorm(module.to(self.device), train_loader.to(self.device))
-        self.module = module.eval()
-        self.is_trained = True
-        self.history = plan.history
-        self.train_indices, self.validation_indices = train_idx, val_idx
-        self.fit_params = {
-            "max_epochs": max_epochs,
-            "n_epochs_trained": len(plan.history_rows),
-            "best_epoch": stopper.best_epoch if stopper else None,
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "train_size": train_size,
-            "early_stopping": early_stopping,
-            "patience": patience,
-            "n_steps_kl_warmup": n_steps_kl_warmup,
-            "seed": seed,
-            "device": str(self.device),
-        }
-        return self
-
-    @staticmethod
-    def _split(n_cells: int, train_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        perm = np.random.default_rng(seed).permutation(n_cells)
-        n_train = (
-            n_cells if train_size >= 1.0 else min(n_cells - 1, math.ceil(train_size * n_cells))
+        if config.early_stopping and not result.record["early_stopping"]:
+            _LOG.info("train_size=1.0 leaves no validation cells: early stopping is off.")
+        self.module = result.module
+        self.device = result.device
+        self.history = result.history
+        self.train_indices, self.validation_indices = (
+            result.train_indices,
+            result.validation_indices,
         )
-        return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+        options = {**config.to_dict(), **result.record}
+        self.training = {k: options[k] for k in _RECORDED if k in options}
+        return self
 
     def _require_training_data(self) -> CellData:
         if self._data is None:
@@ -345,28 +271,36 @@ class VAEModel:
         return self._read_query(adata)
 
     def _read_query(self, adata: AnnData) -> CellData:
-        return read_query_data(adata, self.setup, counts=True)
+        counts = self._reads_counts(self.config)
+        data = read_query_data(adata, self.setup, counts=counts, nonnegative=counts)
+        return self._transform(data, self.config)
 
-    def _minibatches(
-        self, data: CellData, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, NonZeros]]:
-        self.module.to(self.device).eval()
+    def _minibatches(self, data: CellData, batch_size: int) -> Iterator[Minibatch]:
+        """The cells in order, as minibatches on the model's device, module in eval mode."""
+        self._trained_module().to(self.device).eval()
+        batch_size = checks.positive_int("batch_size", batch_size)
         loader = CSRMinibatches(
             data, np.arange(data.X.shape[0]), batch_size=batch_size, shuffle=False
         ).to(self.device)
         yield from loader
 
-    def _check_trained(self) -> None:
-        if not self.is_trained:
+    def _trained_module(self) -> VAEModule:
+        if self.module is None:
             raise RuntimeError(f"{type(self).__name__} is not trained yet: call model.fit() first.")
+        return self.module
 
-    def _batch_code(self, batch: str) -> int:
-        try:
-            return self.setup.batch_categories.index(str(batch))
-        except ValueError:
-            raise ValueError(
-                f"Unknown batch {batch!r}; the model knows {self.batch_categories}."
-            ) from None
+    def _batch_codes(self, batch: Any, n_cells: int) -> torch.Tensor:
+        """Codes of one batch label for every cell, or of one label per cell."""
+        if batch is None:
+            labels = [self.setup.batch_categories[0]] * n_cells
+        elif isinstance(batch, str) or np.ndim(batch) == 0:
+            labels = [batch] * n_cells
+        else:
+            labels = list(batch)
+        if len(labels) != n_cells:
+            raise ValueError(f"batch has {len(labels)} labels for n_cells={n_cells}.")
+        codes = [self.setup.batch_code(b) for b in labels]
+        return torch.tensor(codes, dtype=torch.int64, device=self.device)
 
     @torch.inference_mode()
     def get_latent(
@@ -395,12 +329,12 @@ class VAEModel:
         np.ndarray
             (n_cells, n_latent) float32.
         """
-        self._check_trained()
+        module = self._trained_module()
         data = self._cells(adata)
         with _seeded(seed, self.device):
             chunks = []
-            for x, b, _nz in self._minibatches(data, batch_size):
-                qz = self.module.inference(x, b).qz
+            for batch in self._minibatches(data, batch_size):
+                qz = module.inference(batch).qz
                 chunks.append((qz.loc if give_mean else qz.sample()).cpu())
         return torch.cat(chunks).numpy()
 
@@ -415,43 +349,47 @@ class VAEModel:
 
         Writes ``adata.obsm["X_<key>"]`` (n_cells x n_latent) and ``adata.uns[<key>]["params"]``
         (model and fit options), with ``<key>`` = ``key_added`` or the model's default
-        (``"zinbvae"``, ``"nbvae"``, ``"poissonvae"``). Nothing else is written, and nothing at
-        all if an error is raised.
+        (``"zinbvae"``, ``"nbvae"``, ``"poissonvae"``); ``key_added="X_scvi"`` writes
+        ``obsm["X_scvi"]`` and ``uns["scvi"]``. Nothing else is written, and nothing at all if
+        an error is raised.
         """
-        if adata.is_view:
-            raise ValueError(
-                "adata is a view; writing to it would silently copy it. Write to the full "
-                "AnnData, or make the view a real object first: adata = adata.copy()."
-            )
-        key = key_added or self.default_key
+        check_writable(adata)
+        obsm_key, uns_key = latent_slots(key_added, self.default_key)
         latent = self.get_latent(adata, give_mean=give_mean)
-        adata.obsm[f"X_{key}"] = latent
-        adata.uns[key] = {"params": self.params()}
+        params = self.uns_params()
+        adata.obsm[obsm_key] = latent
+        adata.uns[uns_key] = {"params": params}
 
-    def params(self) -> dict[str, Any]:
+    def uns_params(self) -> dict[str, Any]:
         """Model and fit options as a flat, h5ad-serialisable dict (None values omitted)."""
         from scvae import __version__
 
         record = {
             "model": type(self).__name__,
             "likelihood": self.likelihood,
-            **self.config,
+            **self._config_record(),
             "layer": self.setup.layer,
             "batch_key": self.setup.batch_key,
             "batch_categories": list(self.setup.batch_categories),
-            **self.fit_params,
+            **self.training,
             "scvae_version": __version__,
         }
         if not self.history.empty and "validation_elbo" in self.history:
             record["final_validation_elbo"] = float(self.history["validation_elbo"].iloc[-1])
         return {k: v for k, v in record.items() if v is not None}
 
+    def _config_record(self) -> dict[str, Any]:
+        """The configuration as written to ``uns`` (count models have no ``log_normalize``)."""
+        d = self.config.to_dict()
+        d.pop("log_normalize")
+        return d
+
     @torch.inference_mode()
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
         *,
-        transform_batch: str | None = None,
+        transform_batch: Any = None,
         library_size: float = 1e4,
         batch_size: int = 256,
     ) -> np.ndarray:
@@ -465,24 +403,27 @@ class VAEModel:
         adata
             Cells (None: the training data).
         transform_batch
-            Decode every cell as if it came from this batch: batch-corrected expression.
-            None decodes each cell with its own batch.
+            Decode every cell as if it came from this batch (a label as in
+            ``adata.obs[batch_key]``, string or number): batch-corrected expression. None
+            decodes each cell with its own batch.
         library_size
             Scale of the proportions ``rho`` (1e4: counts per 10k).
+        batch_size
+            Cells per forward pass.
 
         Returns
         -------
         np.ndarray
             (n_cells, n_genes) float32.
         """
-        self._check_trained()
+        module = self._trained_module()
         data = self._cells(adata)
-        code = None if transform_batch is None else self._batch_code(transform_batch)
+        code = None if transform_batch is None else self.setup.batch_code(transform_batch)
         chunks = []
-        for x, b, _nz in self._minibatches(data, batch_size):
-            z = self.module.inference(x, b).qz.loc  # (B, L)
-            b_dec = b if code is None else torch.full_like(b, code)
-            chunks.append(self.module.denoised(z, b_dec, library_size=library_size).cpu())
+        for batch in self._minibatches(data, batch_size):
+            z = module.inference(batch).qz.loc  # (B, L)
+            b = batch.batch_index if code is None else torch.full_like(batch.batch_index, code)
+            chunks.append(module.denoised(z, b, library_size=library_size).cpu())
         return torch.cat(chunks).numpy()
 
     @torch.inference_mode()
@@ -501,14 +442,15 @@ class VAEModel:
         np.ndarray
             (n_cells,) ``E_q[log p(x|z,l)] - KL(q(z)||p(z)) - KL(q(l)||p(l))``.
         """
-        self._check_trained()
+        module = self._trained_module()
+        n_samples = checks.positive_int("n_samples", n_samples)
         data = self._cells(adata)
         out = []
         with _seeded(seed, self.device):
-            for x, b, nz in self._minibatches(data, batch_size):
-                total = torch.zeros(x.shape[0], device=x.device)
+            for batch in self._minibatches(data, batch_size):
+                total = torch.zeros(batch.n_cells, device=self.device)
                 for _ in range(n_samples):
-                    total += self.module.loss(x, b, nz=nz).elbo
+                    total += module.loss(batch).elbo
                 out.append((total / n_samples).cpu())
         return torch.cat(out).double().numpy()
 
@@ -527,20 +469,19 @@ class VAEModel:
         np.ndarray
             (n_cells,) float64, nats.
         """
-        self._check_trained()
+        module = self._trained_module()
+        n_samples = checks.positive_int("n_samples", n_samples)
         data = self._cells(adata)
         n_genes = self.setup.n_genes
         cells_per_chunk = max(1, min(256, _SCORING_BUDGET // n_genes))
         samples_per_block = max(1, min(n_samples, _SCORING_BUDGET // (cells_per_chunk * n_genes)))
         out = []
         with _seeded(seed, self.device):
-            for x, b, nz in self._minibatches(data, cells_per_chunk):
+            for batch in self._minibatches(data, cells_per_chunk):
                 log_w = []
                 for start in range(0, n_samples, samples_per_block):
                     k = min(samples_per_block, n_samples - start)
-                    log_w.append(
-                        self.module.log_importance_weights(x, b, n_samples=k, nz=nz).double()
-                    )
+                    log_w.append(module.log_importance_weights(batch, n_samples=k).double())
                 out.append(VAEModule.iwae_estimate(torch.cat(log_w)).cpu())
         return torch.cat(out).numpy()
 
@@ -560,21 +501,20 @@ class VAEModel:
         np.ndarray
             (n_cells, n_genes) for ``n_samples=1``, else (n_samples, n_cells, n_genes); float32.
         """
-        self._check_trained()
+        module = self._trained_module()
+        n_samples = checks.positive_int("n_samples", n_samples)
         data = self._cells(adata)
         out = []
         with _seeded(seed, self.device):
-            for x, b, _nz in self._minibatches(data, batch_size):
-                inf = self.module.inference(x, b, n_samples=n_samples)
-                gen = self.module.generative(inf.z, inf.log_library, b)
-                out.append(self.module.sample_counts(gen).cpu())  # (K, B, G)
+            for batch in self._minibatches(data, batch_size):
+                inf = module.inference(batch, n_samples=n_samples)
+                px = module.generative(inf.z, inf.log_library, batch.batch_index)
+                out.append(px.sample().cpu())  # (K, B, G)
         counts = torch.cat(out, dim=1).numpy()
         return counts[0] if n_samples == 1 else counts
 
     @torch.inference_mode()
-    def generate(
-        self, n_cells: int, *, batch: str | Sequence[str] | None = None, seed: int = 0
-    ) -> AnnData:
+    def generate(self, n_cells: int, *, batch: Any = None, seed: int = 0) -> AnnData:
         """Ancestral sampling from the prior: ``z ~ N(0, I)``, ``l ~ p(l | s)``, ``x ~ p(x|z,l,s)``.
 
         Parameters
@@ -582,7 +522,8 @@ class VAEModel:
         n_cells
             Number of cells to draw.
         batch
-            One batch label for every cell, or one per cell; None: the first batch.
+            One batch label for every cell (string or number, as in ``adata.obs[batch_key]``),
+            or one per cell; None: the first batch.
         seed
             Seeds the draw.
 
@@ -592,29 +533,21 @@ class VAEModel:
             Counts in ``X`` (CSR), ``obs["batch"]``, the drawn ``z`` in ``obsm["X_latent"]`` and
             library sizes in ``obs["library_size"]``.
         """
-        self._check_trained()
-        labels = (
-            [self.setup.batch_categories[0]] * n_cells
-            if batch is None
-            else [batch] * n_cells
-            if isinstance(batch, str)
-            else list(batch)
-        )
-        if len(labels) != n_cells:
-            raise ValueError(f"batch has {len(labels)} labels for n_cells={n_cells}.")
-        codes = torch.tensor([self._batch_code(b) for b in labels], device=self.device)
-        self.module.to(self.device).eval()
+        module = self._trained_module()
+        n_cells = checks.positive_int("n_cells", n_cells)
+        codes = self._batch_codes(batch, n_cells)
+        module.to(self.device).eval()
         with _seeded(seed, self.device):
-            z = torch.randn(n_cells, self.config["n_latent"], device=self.device)  # (N, L)
-            log_library = self.module.library_prior(codes).sample()  # (N, 1)
-            gen = self.module.generative(z, log_library, codes)
-            x = self.module.sample_counts(gen)  # (N, G)
+            z = torch.randn(n_cells, self.config.n_latent, device=self.device)  # (N, L)
+            log_library = module.library_prior(codes).sample()  # (N, 1)
+            x = module.generative(z, log_library, codes).sample()  # (N, G)
         x = x.cpu().numpy()
+        categories = self.batch_categories
         out = AnnData(
-            X=x if self.likelihood == "gaussian" else sp.csr_matrix(x),
+            X=sp.csr_matrix(x) if module.observation.counts else x,
             obs=pd.DataFrame(
                 {
-                    "batch": pd.Categorical(labels, categories=self.batch_categories),
+                    "batch": pd.Categorical.from_codes(codes.cpu().numpy(), categories),
                     "library_size": torch.exp(log_library).squeeze(-1).cpu().numpy(),
                 },
                 index=[f"generated_{i}" for i in range(n_cells)],
@@ -625,55 +558,37 @@ class VAEModel:
         return out
 
     # --------------------------------------------------------------------------- persistence
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Save weights (``model.pt``) and everything else (``model.json``) into a directory."""
-        self._check_trained()
-        path = prepare_directory(path, overwrite=overwrite)
-        meta = {
-            "class": type(self).__name__,
-            "config": self.config,
+    def _save_meta(self) -> dict[str, Any]:
+        self._trained_module()
+        return {
+            "config": self.config.to_dict(),
             "setup": self.setup.to_dict(),
-            "fit_params": self.fit_params,
+            "training": self.training,
             "history": self.history.reset_index().to_dict(orient="list"),
-            "train_indices": None if self.train_indices is None else self.train_indices.tolist(),
-            "validation_indices": None
-            if self.validation_indices is None
-            else self.validation_indices.tolist(),
+            "train_indices": self.train_indices,
+            "validation_indices": self.validation_indices,
         }
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, path / _WEIGHTS_FILE)
-        (path / META_FILE).write_text(json.dumps(meta))
+
+    def _save_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self._trained_module().state_dict())
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData | None = None) -> VAEModel:
-        """Load a model saved with :meth:`save`.
-
-        Parameters
-        ----------
-        path
-            Directory written by :meth:`save`.
-        adata
-            Optional AnnData that becomes the default for the getters (validated against the
-            saved genes and batches). Without it, pass ``adata`` to each getter.
-        """
-        path, meta = read_meta(path)
-        if meta["class"] != cls.__name__ and cls is not VAEModel:
-            raise ValueError(f"{path} holds a {meta['class']}, not a {cls.__name__}.")
-        target = cls if cls is not VAEModel else _MODELS[meta["class"]]
-        model = target.__new__(target)
-        setup = DataSetup.from_dict(meta["setup"])
-        model._initialise(setup, meta["config"], data=None, adata=adata)
-        data = model._read_query(adata) if adata is not None else None
-        state = torch.load(path / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model.module.load_state_dict(state)
-        model.module.eval()
-        model._data = data
-        model.is_trained = True
-        model.fit_params = meta["fit_params"]
+    def _restore(
+        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], adata: AnnData | None
+    ) -> VAEModel:
+        model = cls.__new__(cls)
+        config = VAEConfig.from_dict(meta["config"])
+        model._init_state(DataSetup.from_dict(meta["setup"]), config, data=None)
+        n_batch = model.setup.n_batch
+        module = model._build_module(torch.zeros(n_batch), torch.ones(n_batch))
+        module.load_state_dict(tensors)
+        model.module = module.eval()
+        model._data = model._read_query(adata) if adata is not None else None
+        model.training = meta.get("training", meta.get("fit_params", {}))  # older: fit_params
         history = pd.DataFrame(meta["history"])
         model.history = history.set_index("epoch") if "epoch" in history else history
         for name in ("train_indices", "validation_indices"):
-            value = meta[name]
+            value = meta.get(name)
             setattr(model, name, None if value is None else np.asarray(value, dtype=np.int64))
         return model
 
@@ -715,14 +630,14 @@ class VAEModel:
             One row per latent dimension (index ``dimension``, 0 .. n_latent - 1) with float
             columns ``kl`` and ``activity`` and the boolean ``active``.
         """
-        self._check_trained()
+        module = self._trained_module()
         data = self._cells(adata)
-        n_latent = self.config["n_latent"]
+        n_latent = self.config.n_latent
         kl_sum = torch.zeros(n_latent, dtype=torch.float64)  # (L,)
         mean_sum = torch.zeros(n_latent, dtype=torch.float64)  # (L,)
         mean_sq_sum = torch.zeros(n_latent, dtype=torch.float64)  # (L,)
-        for x, b, _nz in self._minibatches(data, batch_size):
-            qz = self.module.inference(x, b).qz
+        for batch in self._minibatches(data, batch_size):
+            qz = module.inference(batch).qz
             m = qz.loc.double().cpu()  # (B, L) posterior means
             s = qz.scale.double().cpu()  # (B, L) posterior standard deviations
             kl_sum += (0.5 * (m.square() + s.square() - 1.0) - torch.log(s)).sum(0)
@@ -731,7 +646,7 @@ class VAEModel:
         n = data.X.shape[0]
         mean = mean_sum / n
         activity = (mean_sq_sum / n - mean.square()).clamp_min(0.0)
-        frame = pd.DataFrame(
+        return pd.DataFrame(
             {
                 "kl": (kl_sum / n).numpy(),
                 "activity": activity.numpy(),
@@ -739,7 +654,6 @@ class VAEModel:
             },
             index=pd.RangeIndex(n_latent, name="dimension"),
         )
-        return frame
 
 
 class _seeded:
@@ -748,139 +662,11 @@ class _seeded:
     def __init__(self, seed: int, device: torch.device) -> None:
         devices = [device] if device.type == "cuda" else []
         self._fork = torch.random.fork_rng(devices=devices)
-        self.seed = seed
+        self.seed = checks.resolve_seed(seed)
 
     def __enter__(self) -> None:
         self._fork.__enter__()
         torch.manual_seed(self.seed)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._fork.__exit__(*exc)
-
-
-class ZINBVAE(VAEModel):
-    """scVI with a zero-inflated negative-binomial decoder (Lopez et al., Nature Methods 2019).
-
-    ``z ~ N(0, I)``; ``l ~ LogNormal`` with the per-batch empirical prior of log library size;
-    ``rho = softmax(f_w(z, s))``; ``x ~ ZINB(mean l * rho, inverse dispersion theta, gate
-    sigmoid(f_h(z, s)))``. Fitted by amortized variational inference on the ELBO.
-
-    Parameters
-    ----------
-    adata
-        Cells x genes AnnData with raw counts (sparse or dense, float or integer).
-    layer
-        Layer with the raw counts; None uses ``adata.X``.
-    batch_key
-        ``obs`` column of batches to correct for (one-hot covariate in encoder and decoder).
-    n_latent, n_hidden, n_layers, dropout_rate
-        Latent dimension and network sizes.
-    dispersion
-        ``"gene"`` (default), ``"gene-batch"`` or ``"gene-cell"``.
-    library
-        ``"latent"`` (default: LogNormal latent with the empirical per-batch prior) or
-        ``"observed"`` (the observed total count, no q(l)).
-
-    Examples
-    --------
-    >>> model = scvae.ZINBVAE(adata, layer="counts", batch_key="batch")
-    >>> model.fit()
-    >>> model.write_latent(adata)  # adata.obsm["X_zinbvae"], adata.uns["zinbvae"]["params"]
-    >>> sc.pp.neighbors(adata, use_rep="X_zinbvae")
-    """
-
-    likelihood = "zinb"
-    default_key = "zinbvae"
-
-
-class NBVAE(VAEModel):
-    """scVI with a negative-binomial (Gamma-Poisson) decoder, no zero inflation.
-
-    Same parameters and methods as :class:`ZINBVAE`; default key ``"nbvae"``.
-    """
-
-    likelihood = "nb"
-    default_key = "nbvae"
-
-
-class PoissonVAE(VAEModel):
-    """scVI with a Poisson decoder (no Gamma overdispersion, no zero inflation).
-
-    Same parameters and methods as :class:`ZINBVAE` (``dispersion`` is ignored); default key
-    ``"poissonvae"``.
-    """
-
-    likelihood = "poisson"
-    default_key = "poissonvae"
-
-
-class GaussianVAE(VAEModel):
-    """Gaussian VAE baseline on log-normalized expression.
-
-    ``z ~ N(0, I)``; ``x ~ Normal(mu(z, s), diag sigma^2)`` with gene-wise variances, where
-    ``x = log1p(normalize_total(counts, 1e4))`` is computed inside from the counts (sparse,
-    on the non-zeros), or, with ``log_normalize=False``, the given layer used as it is.
-    Trained, scored (ELBO, IWAE estimate of log p(x) in the log-normalized space) and saved
-    exactly like :class:`ZINBVAE`, by the same training loop.
-
-    Parameters
-    ----------
-    adata
-        Cells x genes AnnData.
-    layer
-        Layer with raw counts (``log_normalize=True``) or with the data to model as it is.
-    batch_key
-        ``obs`` column of batches (one-hot covariate in encoder and decoder).
-    log_normalize
-        Log-normalize counts inside (default). False: model the layer's values as they are
-        (finite values required; negative values allowed, e.g. scaled data).
-    n_latent, n_hidden, n_layers, dropout_rate
-        Latent dimension and network sizes.
-    """
-
-    likelihood = "gaussian"
-    default_key = "gaussianvae"
-    _data_options = ("log_normalize",)
-
-    def __init__(
-        self,
-        adata: AnnData,
-        *,
-        layer: str | None = None,
-        batch_key: str | None = None,
-        log_normalize: bool = True,
-        n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
-    ) -> None:
-        config = {
-            "n_latent": n_latent,
-            "n_hidden": n_hidden,
-            "n_layers": n_layers,
-            "dropout_rate": dropout_rate,
-            "dispersion": "gene",
-            "library": "observed",
-            "log_normalize": bool(log_normalize),
-        }
-        self._check_config(config)
-        self._initialise_from(adata, layer=layer, batch_key=batch_key, config=config)
-
-    def _initialise_from(
-        self, adata: AnnData, *, layer: str | None, batch_key: str | None, config: dict
-    ) -> None:
-        counts = config["log_normalize"]
-        setup, data = read_training_data(
-            adata, layer=layer, batch_key=batch_key, counts=counts, nonnegative=counts
-        )
-        self._initialise(setup, config, data=log_normalize(data) if counts else data, adata=adata)
-
-    def _read_query(self, adata: AnnData) -> CellData:
-        counts = self.config["log_normalize"]
-        data = read_query_data(adata, self.setup, counts=counts, nonnegative=counts)
-        return log_normalize(data) if counts else data
-
-
-_MODELS: dict[str, type[VAEModel]] = {
-    c.__name__: c for c in (ZINBVAE, NBVAE, PoissonVAE, GaussianVAE)
-}

@@ -1,0 +1,216 @@
+"""Minibatches: one named shape for every model, gathered on the training device from a CSR.
+
+A :class:`Minibatch` holds what a module's ``loss`` reads for ``B`` cells: the dense counts
+(or None when the encoders read the non-zeros), the batch codes, the non-zeros in coordinate
+form for the sparse likelihoods, and room for labels and covariates. :class:`CSRMinibatches`
+serves them from a validated :class:`~scvae.data.CellData`: the counts are copied to the
+training device once, as CSR, and each minibatch is gathered there by index, so the host
+sends only the index vector per step (no torch DataLoader, no per-batch AnnData slicing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scvae.data import CellData
+from scvae.distributions import NonZeros
+
+__all__ = ["CSRMinibatches", "Minibatch"]
+
+
+@dataclass
+class Minibatch:
+    """The cells of one optimizer step (or one scoring chunk).
+
+    Attributes
+    ----------
+    x
+        (B, G) dense counts, or None when only the non-zeros are needed.
+    batch_index
+        (B,) int64 batch codes.
+    nz
+        Non-zeros of ``x`` in coordinate form (for the sparse likelihoods and sparse input);
+        None selects the dense likelihood (tests compare the two).
+    labels
+        (B,) int64 label codes (-1: unlabelled), or None for models without labels.
+    covariates
+        (B, C) float covariates, or None.
+    """
+
+    x: torch.Tensor | None
+    batch_index: torch.Tensor
+    nz: NonZeros | None
+    labels: torch.Tensor | None = None
+    covariates: torch.Tensor | None = None
+
+    @property
+    def n_cells(self) -> int:
+        """``B``, the number of cells."""
+        return self.batch_index.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors live."""
+        return self.batch_index.device
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Minibatch:
+        """The same minibatch with every tensor on ``device``."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        nz = self.nz
+        moved = None if nz is None else NonZeros(
+            move(nz.row), move(nz.col), move(nz.x), move(nz.log_x_factorial), nz.n_cells,
+            move(nz.offsets),
+        )  # fmt: skip
+        return dataclasses.replace(
+            self,
+            x=move(self.x),
+            batch_index=move(self.batch_index),
+            nz=moved,
+            labels=move(self.labels),
+            covariates=move(self.covariates),
+        )
+
+
+class CSRMinibatches:
+    """Minibatches gathered by index from a CSR matrix that lives on the training device.
+
+    The counts are copied to the device once, as CSR (``crow``, ``col``, ``val``). Each
+    minibatch is a dense (B, G) tensor built on the device by a scatter of the selected rows'
+    non-zeros, so host-device traffic per step is only the index vector.
+
+    Parameters
+    ----------
+    data
+        Validated cells.
+    indices
+        Positions of the cells to iterate over.
+    batch_size
+        Cells per minibatch.
+    shuffle
+        Reshuffle every epoch (with ``generator``).
+    drop_last
+        Drop a last partial minibatch of fewer than 3 cells (BatchNorm needs two).
+    seed
+        Seed of the shuffling generator.
+    dense
+        Also build the dense (B, G) counts of each minibatch. False yields ``None`` in their
+        place, for a module that reads its input by the non-zeros (saves a (B, G) fill and
+        scatter per step).
+    """
+
+    def __init__(
+        self,
+        data: CellData,
+        indices: np.ndarray,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        dense: bool = True,
+    ) -> None:
+        X = data.X
+        self.data = data  # the validated cells (shared, not copied)
+        self.n_genes = X.shape[1]
+        # the loaders share the validated CSR's memory on the CPU (no copy per loader)
+        self.crow = torch.from_numpy(X.indptr.astype(np.int64, copy=False))  # (N+1,)
+        self.col = torch.from_numpy(X.indices.astype(np.int32, copy=False))  # (nnz,) int32
+        self.val = torch.from_numpy(X.data.astype(np.float32, copy=False))  # (nnz,)
+        self.batch_index = torch.from_numpy(data.batch_index)  # (N,)
+        self.log_x_factorial = torch.from_numpy(data.log_x_factorial)  # (N,) computed once
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        # only a last minibatch of fewer than 3 cells is dropped: BatchNorm needs 2, and a
+        # cell or two would make one noisy step; larger remainders are real training signal
+        n, rest = len(self.indices), len(self.indices) % batch_size
+        self.drop_last = drop_last and 0 < rest < 3 and (n > 3 or rest == 1 < n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = torch.device("cpu")  # where minibatches are served
+        self.dense = dense
+
+    _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored counts and per-cell vectors."""
+        return sum(
+            getattr(self, n).element_size() * getattr(self, n).numel() for n in self._STORAGE
+        )
+
+    def to(self, device: torch.device | str, *, resident: bool | None = None) -> CSRMinibatches:
+        """Serve minibatches on ``device``.
+
+        Parameters
+        ----------
+        device
+            Where minibatches are consumed.
+        resident
+            Copy the counts to ``device`` once and gather there (fast path). False streams:
+            the counts stay in (pinned) host memory, each minibatch is gathered on the host and
+            copied asynchronously. None: resident unless the counts take more than half of
+            the free memory of a CUDA device.
+        """
+        device = torch.device(device)
+        if resident is None:
+            resident = (
+                device.type != "cuda" or self.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]
+            )
+        storage = device if resident else torch.device("cpu")
+        for name in self._STORAGE:
+            tensor = getattr(self, name).to(storage)
+            if storage.type == "cpu" and device.type == "cuda":
+                tensor = tensor.pin_memory()
+            setattr(self, name, tensor)
+        self.device = device
+        return self
+
+    @property
+    def n_cells_per_epoch(self) -> int:
+        """Cells served by one pass (all of them unless a tiny last minibatch is dropped)."""
+        n = len(self.indices)
+        return n - n % self.batch_size if self.drop_last else n
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def gather(self, rows: torch.Tensor) -> Minibatch:
+        """The minibatch of the cells at ``rows``: dense counts (B, G) (None unless ``dense``),
+        batch codes (B,) and the non-zeros."""
+        start = self.crow[rows]  # (B,)
+        n_nz = self.crow[rows + 1] - start  # (B,)
+        row_of_nz = torch.repeat_interleave(
+            torch.arange(len(rows), device=rows.device), n_nz
+        )  # (nnz_B,)
+        first_nz = torch.cumsum(n_nz, 0) - n_nz  # (B,) exclusive prefix sum
+        position = (
+            torch.arange(len(row_of_nz), device=rows.device)
+            - first_nz[row_of_nz]
+            + start[row_of_nz]
+        )  # (nnz_B,) positions in col/val
+        col, val = self.col[position].long(), self.val[position]  # (nnz_B,)
+        x = None
+        if self.dense:
+            x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
+            x[row_of_nz, col] = val
+        nz = NonZeros(row_of_nz, col, val, self.log_x_factorial[rows], len(rows), first_nz)
+        return Minibatch(x=x, batch_index=self.batch_index[rows], nz=nz)
+
+    def __iter__(self) -> Iterator[Minibatch]:
+        order = self.indices
+        if self.shuffle:
+            perm = torch.randperm(len(order), generator=self.generator).to(order.device)
+            order = order[perm]
+        streaming = order.device != self.device
+        for b in range(len(self)):
+            batch = self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
+            yield batch.to(self.device, non_blocking=True) if streaming else batch
