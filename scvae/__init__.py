@@ -6,18 +6,35 @@
 >>> model.fit()
 >>> model.write_latent(adata)  # adata.obsm["X_zinbvae"]
 >>> scvae.tl.gmm(adata, use_rep="X_zinbvae")  # adata.obs["gmm"], adata.obsm["gmm_proba"]
+
+Submodules and classes are imported on first use (PEP 562), so ``import scvae`` and the
+``scvae`` command start quickly; torch, Lightning, scanpy and matplotlib are loaded only by the
+parts that need them.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 try:
     __version__ = version("scvae")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from scvae import datasets, metrics, pl, tl
-from scvae.models import GMM, NBVAE, PPCA, ZINBVAE, GaussianVAE, PoissonVAE
-from scvae.train import TrainingDivergedError
+#: public submodules, imported on first attribute access
+_SUBMODULES = ("datasets", "metrics", "pl", "tl")
+#: public names defined in a submodule -> that submodule
+_ATTRIBUTES = {
+    "GMM": "scvae.models",
+    "NBVAE": "scvae.models",
+    "PPCA": "scvae.models",
+    "ZINBVAE": "scvae.models",
+    "GaussianVAE": "scvae.models",
+    "PoissonVAE": "scvae.models",
+    "TrainingDivergedError": "scvae.train",
+}
 
 __all__ = [
     "GMM",
@@ -33,3 +50,22 @@ __all__ = [
     "pl",
     "tl",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
+    from scvae import datasets, metrics, pl, tl
+    from scvae.models import GMM, NBVAE, PPCA, ZINBVAE, GaussianVAE, PoissonVAE
+    from scvae.train import TrainingDivergedError
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"scvae.{name}")
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
+    raise AttributeError(f"module 'scvae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,8 +1,41 @@
-"""Scanpy-style tools: `scvae.tl.zinbvae(adata, ...)`, `scvae.tl.gmm(adata, ...)` and friends."""
+"""Scanpy-style tools: `scvae.tl.zinbvae(adata, ...)`, `scvae.tl.gmm(adata, ...)` and friends.
 
-from scvae.tl._evaluate import evaluate
-from scvae.tl._gmm import gmm
-from scvae.tl._ppca import ppca
-from scvae.tl._vae import gaussianvae, nbvae, poissonvae, zinbvae
+The functions are imported on first use (PEP 562): ``import scvae.tl`` loads neither torch nor
+scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: public function -> the submodule that defines it
+_FUNCTIONS = {
+    "evaluate": "scvae.tl._evaluate",
+    "gaussianvae": "scvae.tl._vae",
+    "gmm": "scvae.tl._gmm",
+    "nbvae": "scvae.tl._vae",
+    "poissonvae": "scvae.tl._vae",
+    "ppca": "scvae.tl._ppca",
+    "zinbvae": "scvae.tl._vae",
+}
 
 __all__ = ["evaluate", "gaussianvae", "gmm", "nbvae", "poissonvae", "ppca", "zinbvae"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
+    from scvae.tl._evaluate import evaluate
+    from scvae.tl._gmm import gmm
+    from scvae.tl._ppca import ppca
+    from scvae.tl._vae import gaussianvae, nbvae, poissonvae, zinbvae
+
+
+def __getattr__(name: str):
+    if name in _FUNCTIONS:
+        value = getattr(importlib.import_module(_FUNCTIONS[name]), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
+    raise AttributeError(f"module 'scvae.tl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
