@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import stat
 import subprocess
 import sys
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 import scvae
@@ -168,3 +172,261 @@ def test_gaussian_model_via_cli(h5ad, tmp_path) -> None:
         ]
     )
     assert code == 0 and ad.read_h5ad(out).obsm["X_gaussianvae"].shape == (80, 10)
+
+
+# ------------------------------------------------------------------ issue 11: the command line
+def _one_line_error(capsys, code: int, *, status: int = 2) -> str:
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_read(monkeypatch):
+    """Fail the test if the command reads its input (so: before any training)."""
+
+    def refuse(path):
+        raise AssertionError(f"read {path} before checking the outputs")
+
+    monkeypatch.setattr("scvae.cli._read", refuse)
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "message"),
+    [
+        (lambda t: (t / "out").mkdir(), ["-o", "{t}/out"], "is a directory"),
+        (lambda t: (t / "f").write_text("x"), ["-o", "{t}/f/out.h5ad"], "is a file, not a"),
+        (lambda t: (t / "f").write_text("x"), ["-o", "{t}/f/a/b.h5ad"], "is a file, not a"),
+        (
+            lambda t: (t / "model").write_text("x"),
+            ["-o", "{t}/o.h5ad", "--save-model", "{t}/model"],
+            "is an existing file",
+        ),
+        (
+            lambda t: (t / "model").mkdir() or (t / "model" / "x").write_text("x"),
+            ["-o", "{t}/o.h5ad", "--save-model", "{t}/model"],
+            "not empty",
+        ),
+        (
+            lambda t: None,
+            ["-o", "{t}/model/o.h5ad", "--save-model", "{t}/model"],
+            "overlap",
+        ),
+        (lambda t: None, ["-o", "{t}/o.h5ad", "--model", "ppca", "--lr", "0.1"], "--lr does not"),
+    ],
+)
+def test_fit_refuses_bad_outputs_before_reading(
+    h5ad, tmp_path, capsys, no_read, setup, argv, message
+) -> None:
+    setup(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    code = main(["fit", str(h5ad), *[a.format(t=tmp_path) for a in argv]])
+    err = _one_line_error(capsys, code)
+    assert err.startswith("scvae: error:") and message in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_cluster_and_demo_refuse_a_directory_output(h5ad, tmp_path, capsys, no_read) -> None:
+    (tmp_path / "out").mkdir()
+    err = _one_line_error(capsys, main(["cluster", str(h5ad), "-o", str(tmp_path / "out")]))
+    assert "is a directory" in err
+    (tmp_path / "demo.png").mkdir()
+    err = _one_line_error(capsys, main(["demo", "-o", str(tmp_path / "demo.h5ad")]))
+    assert "demo.png is a directory" in err
+    assert not (tmp_path / "demo.h5ad").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_directory(h5ad, tmp_path, capsys, no_read) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    err = _one_line_error(capsys, main(["fit", str(h5ad), "-o", str(locked / "o.h5ad")]))
+    assert "not writable" in err
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_output_files_respect_the_umask(h5ad, tmp_path, umask, mode) -> None:
+    old = os.umask(umask)
+    try:
+        out, saved, clustered = tmp_path / "o.h5ad", tmp_path / "model", tmp_path / "c.h5ad"
+        argv = ["fit", str(h5ad), "-o", str(out), "--model", "ppca", "--n-latent", "3"]
+        assert main([*argv, "--save-model", str(saved)]) == 0
+        assert main(["cluster", str(out), "-o", str(clustered), "--use-rep", "X_ppca"]) == 0
+    finally:
+        os.umask(old)
+    for path in (out, clustered, *saved.iterdir()):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    # an existing output keeps its own permissions
+    os.chmod(clustered, 0o640)
+    assert main(["cluster", str(out), "-o", str(clustered), "--use-rep", "X_ppca"]) == 0
+    assert stat.S_IMODE(clustered.stat().st_mode) == 0o640
+
+
+def test_fit_options_reach_the_model(h5ad, tmp_path, capsys) -> None:
+    out, saved = tmp_path / "o.h5ad", tmp_path / "model"
+    code = main(
+        [
+            "fit",
+            str(h5ad),
+            "-o",
+            str(out),
+            "--model",
+            "nb",
+            "--n-top-genes",
+            "25",
+            "--max-epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.005",
+            "--train-size",
+            "0.75",
+            "--patience",
+            "7",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+            "--seed",
+            "3",
+            "--key-added",
+            "X_scvi",
+            "--save-model",
+            str(saved),
+            "--cluster",
+            "2",
+            "--quiet",
+        ]
+    )
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0
+    result, original = ad.read_h5ad(out), ad.read_h5ad(h5ad)
+    params = result.uns["scvi"]["params"]
+    assert params["batch_size"] == 32 and params["lr"] == pytest.approx(0.005)
+    assert params["train_size"] == pytest.approx(0.75) and params["patience"] == 7
+    assert params["max_epochs"] == 3 and params["seed"] == 3
+    # every gene stays in the output; the model saw the 25 highly variable ones
+    assert result.n_vars == original.n_vars and result.var["highly_variable"].sum() == 25
+    hvg = result[:, result.var["highly_variable"].to_numpy()].copy()
+    loaded = scvae.NBVAE.load(saved)
+    np.testing.assert_allclose(loaded.get_latent(hvg), result.obsm["X_scvi"], rtol=1e-5)
+    assert result.obsm["X_scvi"].shape == (80, 10) and "X_X_scvi" not in result.obsm
+    # the success line names every slot written, and nothing else is new
+    new = {f"obsm['{k}']" for k in set(result.obsm) - set(original.obsm)}
+    new |= {f"uns['{k}']" for k in set(result.uns) - set(original.uns)}
+    new |= {f"obs['{k}']" for k in set(result.obs) - set(original.obs)}
+    new |= {f"var['{k}']" for k in set(result.var) - set(original.var)}
+    assert new == {
+        "obsm['X_scvi']",
+        "uns['scvi']",
+        "var['highly_variable']",
+        "obs['gmm']",
+        "obsm['gmm_proba']",
+        "uns['gmm']",
+    }
+    assert all(name in line for name in new), line
+    assert str(saved) in line and "(2 clusters)" in line and "(25 genes)" in line
+
+
+def test_n_top_genes_uses_the_counts_layer(tmp_path) -> None:
+    adata = scvae.datasets.simulate(n_cells=60, n_genes=30, seed=1)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X.log1p()
+    path, out = tmp_path / "in.h5ad", tmp_path / "o.h5ad"
+    adata.write_h5ad(path)
+    argv = ["fit", str(path), "-o", str(out), "--model", "ppca", "--n-top-genes", "12"]
+    assert main([*argv, "--layer", "counts", "--n-latent", "2"]) == 0
+    result = ad.read_h5ad(out)
+    assert result.var["highly_variable"].sum() == 12 and result.obsm["X_ppca"].shape == (60, 2)
+    np.testing.assert_array_equal(
+        result.layers["counts"].toarray(), adata.layers["counts"].toarray()
+    )
+
+
+@pytest.mark.parametrize("kind", ["int", "float", "categorical-int"])
+def test_numeric_batch_column(tmp_path, kind) -> None:
+    adata = scvae.datasets.simulate(n_cells=60, n_genes=30, n_batches=2, seed=4)
+    codes = adata.obs["batch"].cat.codes.to_numpy()
+    adata.obs["batch"] = {
+        "int": codes + 1,
+        "float": codes + 1.0,
+        "categorical-int": pd.Categorical(codes + 1),
+    }[kind]
+    path, out, saved = tmp_path / "in.h5ad", tmp_path / "o.h5ad", tmp_path / "m"
+    adata.write_h5ad(path)
+    argv = ["fit", str(path), "-o", str(out), "--batch-key", "batch", "--max-epochs", "2"]
+    assert main([*argv, "--quiet", "--save-model", str(saved), "--n-latent", "2"]) == 0
+    result = ad.read_h5ad(out)
+    loaded = scvae.ZINBVAE.load(saved)
+    np.testing.assert_allclose(loaded.get_latent(result), result.obsm["X_zinbvae"], rtol=1e-5)
+
+
+def test_cluster_defaults_to_the_zinbvae_embedding(tmp_path, capsys) -> None:
+    adata = scvae.datasets.simulate(n_cells=60, n_genes=10, seed=0)
+    adata.obsm["X_zinbvae"] = np.random.default_rng(0).normal(size=(60, 2))
+    path, out = tmp_path / "in.h5ad", tmp_path / "o.h5ad"
+    adata.write_h5ad(path)
+    assert main(["cluster", str(path), "-o", str(out), "--n-components", "2"]) == 0
+    line = capsys.readouterr().out
+    assert ad.read_h5ad(out).uns["gmm"]["params"]["use_rep"] == "X_zinbvae"
+    assert "obs['gmm'] (2 clusters), obsm['gmm_proba'], uns['gmm']" in line
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the message where no GPU is present"
+)
+def test_missing_gpu_is_one_line(h5ad, tmp_path, capsys) -> None:
+    out = tmp_path / "o.h5ad"
+    err = _one_line_error(capsys, main(["fit", str(h5ad), "-o", str(out), "--accelerator", "gpu"]))
+    assert "no CUDA GPU" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: COMMAND"),
+        (["fitt"], "invalid choice: 'fitt'"),
+        (["fit", "x.h5ad"], "required: -o/--output"),
+        (["fit", "x", "-o", "y", "--n-latent", "0"], "--n-latent: must be an integer >= 1"),
+        (["fit", "x", "-o", "y", "--n-latent", "2.5"], "--n-latent: expected an integer"),
+        (["fit", "x", "-o", "y", "--max-epochs", "-3"], "--max-epochs: must be an integer >= 1"),
+        (["fit", "x", "-o", "y", "--batch-size", "ten"], "--batch-size: expected an integer"),
+        (["fit", "x", "-o", "y", "--lr", "nan"], "--lr: must be a positive number"),
+        (["fit", "x", "-o", "y", "--train-size", "0"], "--train-size: must be in (0, 1]"),
+        (["fit", "x", "-o", "y", "--train-size", "1.5"], "--train-size: must be in (0, 1]"),
+        (["fit", "x", "-o", "y", "--devices", "0"], "--devices: expected 'auto'"),
+        (["fit", "x", "-o", "y", "--accelerator", "tpu"], "--accelerator: invalid choice"),
+        (["fit", "x", "-o", "y", "--n-top-genes", "-1"], "--n-top-genes: must be an integer"),
+        (["fit", "x", "-o", "y", "--seed", "-1"], "--seed: must be an integer >= 0"),
+        (["cluster", "x", "-o", "y", "--n-components", "0"], "--n-components: must be"),
+        (["fit", "x", "-o", "y", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_argument_errors_are_one_line(capsys, argv, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and message in err and "error:" in err, err
+    assert "usage:" not in err and "Traceback" not in err
+
+
+def test_every_option_has_help() -> None:
+    from scvae.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"fit", "cluster", "demo"}
+    for name, sub in [("scvae", parser), *commands.choices.items()]:
+        for action in sub._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scvae {scvae.__version__}"
