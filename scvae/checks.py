@@ -18,11 +18,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-__all__ = ["choice", "fraction", "optional_positive_int", "positive_int", "resolve_seed"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "ACCELERATORS",
+    "accelerator_device",
+    "boolean",
+    "choice",
+    "fraction",
+    "optional_positive_int",
+    "positive_int",
+    "resolve_seed",
+]
+
+#: values of the ``accelerator`` option of the closed-form and EM models
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 T = TypeVar("T")
 
@@ -171,10 +186,53 @@ def choice(name: str, value: T, allowed: Collection[T]) -> T:
         ``value`` is not one of ``allowed``.
     """
     try:
-        ok = value in allowed
-    except TypeError:  # unhashable value against a set
+        ok = bool(value in allowed)
+    except (TypeError, ValueError):  # unhashable value against a set, an array
         ok = False
     if not ok:
         listed = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"{name} must be one of {listed}; got {value!r}.")
     return value
+
+
+def boolean(name: str, value: object) -> bool:
+    """A flag option: ``True``/``False`` (or a NumPy bool), not ``0``, ``1`` or ``"yes"``.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a bool.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {_found(value)}.")
+    return bool(value)
+
+
+def accelerator_device(accelerator: object, name: str = "accelerator") -> torch.device:
+    """The device an ``accelerator`` option names.
+
+    Parameters
+    ----------
+    accelerator
+        ``"auto"`` (CUDA when present), ``"cpu"``, or ``"gpu"``/``"cuda"``.
+    name
+        The option's name, used in messages.
+
+    Raises
+    ------
+    ValueError
+        An unknown value, or a GPU asked for where none is available.
+    """
+    import torch
+
+    choice(name, accelerator, ACCELERATORS)
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={accelerator!r} but no CUDA device is available; use "
+                f"{name}='cpu' or 'auto'."
+            )
+        return torch.device("cuda")
+    return torch.device("cpu")

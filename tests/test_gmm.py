@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterator
 
@@ -11,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import assert_adata_unchanged, snapshot
 from sklearn.mixture import GaussianMixture
 
 from scvae.module.gmm import (
-    GMMParams,
+    GMMEstimate,
     aic,
     bic,
     fit_gmm,
@@ -76,8 +76,8 @@ def _shared_init(X: np.ndarray, K: int, covariance_type: str, seed: int) -> dict
     return {"weights": np.full(K, 1.0 / K), "means": means, "precisions": precisions}
 
 
-def _params_from_sklearn(sk: GaussianMixture) -> GMMParams:
-    return GMMParams(
+def _params_from_sklearn(sk: GaussianMixture) -> GMMEstimate:
+    return GMMEstimate(
         weights=torch.from_numpy(sk.weights_),
         means=torch.from_numpy(sk.means_),
         covariances=torch.from_numpy(sk.covariances_),
@@ -151,7 +151,7 @@ def test_reaches_sklearn_from_same_initialisation(
     np.testing.assert_allclose(ours.covariances.numpy(), sk.covariances_, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(ours.weights.numpy(), sk.weights_, rtol=1e-8)
     # both start from the same point: the first log-likelihood value agrees exactly
-    first = GMMParams(
+    first = GMMEstimate(
         weights=torch.from_numpy(init["weights"]),
         means=torch.from_numpy(init["means"]),
         covariances=torch.empty(0),
@@ -287,7 +287,7 @@ def _make_adata(n: int = 300, seed: int = 0) -> ad.AnnData:
     return adata
 
 
-def _snapshot(adata: ad.AnnData) -> dict[str, set]:
+def _slot_keys(adata: ad.AnnData) -> dict[str, set]:
     return {
         "obs": set(adata.obs.columns),
         "var": set(adata.var.columns),
@@ -300,27 +300,15 @@ def _snapshot(adata: ad.AnnData) -> dict[str, set]:
     }
 
 
-def _assert_same_adata(actual: ad.AnnData, expected: ad.AnnData) -> None:
-    assert actual.shape == expected.shape
-    assert actual.is_view == expected.is_view
-    assert _snapshot(actual) == _snapshot(expected)
-    np.testing.assert_array_equal(np.asarray(actual.X), np.asarray(expected.X))
-    pd.testing.assert_frame_equal(actual.obs, expected.obs)
-    pd.testing.assert_frame_equal(actual.var, expected.var)
-    for key in expected.obsm:
-        np.testing.assert_array_equal(actual.obsm[key], expected.obsm[key])
-    assert actual.uns == expected.uns
-
-
 def test_tl_gmm_writes_exactly_the_documented_slots(tmp_path) -> None:
     adata = _make_adata()
-    before = _snapshot(adata)
+    before = _slot_keys(adata)
     X_before = adata.X.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no convergence or anndata warnings
         result = gmm(adata)
     assert result is None
-    after = _snapshot(adata)
+    after = _slot_keys(adata)
     expected = dict(before)
     expected["obs"] = before["obs"] | {"gmm"}
     expected["obsm"] = before["obsm"] | {"gmm_proba"}
@@ -369,10 +357,10 @@ def test_tl_gmm_writes_exactly_the_documented_slots(tmp_path) -> None:
 
 def test_tl_gmm_fixed_k_diag_and_key_added() -> None:
     adata = _make_adata()
-    before = _snapshot(adata)
+    before = _slot_keys(adata)
     gmm(adata, use_rep="X_zinbvae", n_components=5, covariance_type="diag", key_added="clus")
-    assert _snapshot(adata)["obs"] == before["obs"] | {"clus"}
-    assert _snapshot(adata)["obsm"] == before["obsm"] | {"clus_proba"}
+    assert _slot_keys(adata)["obs"] == before["obs"] | {"clus"}
+    assert _slot_keys(adata)["obsm"] == before["obsm"] | {"clus_proba"}
     uns = adata.uns["clus"]
     assert set(uns) == {"params", "weights", "means", "covariances", "log_likelihood"}  # no bic
     assert uns["params"]["n_components"] == 5
@@ -390,7 +378,7 @@ def test_tl_gmm_copy_returns_new_object() -> None:
     original = adata.copy()
     result = gmm(adata, n_components=3, copy=True)
     assert isinstance(result, ad.AnnData) and result is not adata
-    _assert_same_adata(adata, original)
+    assert_adata_unchanged(original, adata)
     assert "gmm" in result.obs and "gmm_proba" in result.obsm and "gmm" in result.uns
     # a view is fine with copy=True, and is left a view
     view = adata[:100]
@@ -425,18 +413,18 @@ BAD_INPUTS = {
 def test_tl_gmm_bad_input_raises_and_leaves_adata_unchanged(case: str) -> None:
     prepare, kwargs, error, message = BAD_INPUTS[case]
     adata = prepare(_make_adata())
-    original = copy.deepcopy(adata)
+    original = snapshot(adata)
     with pytest.raises(error, match=message):
         gmm(adata, **kwargs)
-    _assert_same_adata(adata, original)
+    assert_adata_unchanged(original, adata)
 
 
 def test_tl_gmm_view_without_copy_raises() -> None:
     parent = _make_adata()
-    original_parent = copy.deepcopy(parent)
+    original_parent = snapshot(parent)
     view = parent[:50]
     with pytest.raises(ValueError, match=r"view.*\.copy\(\)"):
         gmm(view, n_components=2)
     assert view.is_view
     assert "gmm" not in view.obs and "gmm" not in view.uns
-    _assert_same_adata(parent, original_parent)
+    assert_adata_unchanged(original_parent, parent)

@@ -35,7 +35,7 @@ def test_gmm_bic_curve_and_dimension_check(embedded) -> None:
     model = scvae.GMM(embedded, use_rep="X_true", n_components=[2, 3, 4, 5]).fit()
     curve = model.bic_curve
     assert list(curve["n_components"]) == [2, 3, 4, 5]
-    assert model.params_.n_components == int(curve.loc[curve["bic"].idxmin(), "n_components"])
+    assert model.estimate.n_components == int(curve.loc[curve["bic"].idxmin(), "n_components"])
     other = embedded.copy()
     other.obsm["X_true"] = np.zeros((other.n_obs, 5))
     with pytest.raises(ValueError, match="has 5 dimensions; the mixture was fitted on 2"):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
-from conftest import assert_adata_equal
+from helpers import assert_adata_unchanged
 
 import scvae
 from scvae import metrics
@@ -232,7 +232,7 @@ def test_evaluate_returns_a_tidy_table_and_leaves_adata_alone(adata) -> None:
     table = scvae.tl.evaluate(
         adata, use_rep="X_emb", label_key="cell_type", batch_key="batch", cluster_key="leiden"
     )
-    assert_adata_equal(adata, before)
+    assert_adata_unchanged(before, adata)
     np.testing.assert_array_equal(adata.obsm["X_emb"], before.obsm["X_emb"])
     assert list(table.columns) == ["embedding", "group", "metric", "value"]
     assert set(table["embedding"]) == {"X_emb"}
@@ -275,7 +275,7 @@ def test_evaluate_bad_input_names_the_key_and_leaves_adata_alone(
     options = {"use_rep": "X_emb", "label_key": "cell_type", "batch_key": "batch", **kwargs}
     with pytest.raises(error, match=match):
         scvae.tl.evaluate(adata, **options)
-    assert_adata_equal(adata, before)
+    assert_adata_unchanged(before, adata)
 
 
 def test_evaluate_refuses_nan_embeddings_and_missing_labels(adata) -> None:
@@ -285,7 +285,7 @@ def test_evaluate_refuses_nan_embeddings_and_missing_labels(adata) -> None:
     before = bad.copy()
     with pytest.raises(ValueError, match="NaN or infinite"):
         scvae.tl.evaluate(bad, use_rep="X_emb", label_key="cell_type")
-    assert_adata_equal(bad, before)
+    assert_adata_unchanged(before, bad)
     unlabeled = adata.copy()
     unlabeled.obs["cell_type"] = unlabeled.obs["cell_type"].cat.add_categories([])
     unlabeled.obs.loc[unlabeled.obs_names[:2], "cell_type"] = np.nan

@@ -12,7 +12,7 @@ import scipy.stats
 import torch
 from sklearn.decomposition import PCA
 
-from scvae.module.ppca import PPCAParams, fit_ppca, log_likelihood, posterior
+from scvae.module.ppca import PPCAEstimate, fit_ppca, log_likelihood, posterior
 
 N_CELLS, N_GENES, N_LATENT = 400, 30, 4
 
@@ -151,7 +151,7 @@ def test_ddof0_is_a_likelihood_maximum(data: np.ndarray) -> None:
     best = log_likelihood(ml, data).sum()
     assert best > log_likelihood(unbiased, data).sum()
     for scale_W, scale_sigma2 in ((1.02, 1.0), (0.98, 1.0), (1.0, 1.05), (1.0, 0.95)):
-        perturbed = PPCAParams(
+        perturbed = PPCAEstimate(
             mean=ml.mean,
             W=ml.W * scale_W,
             sigma2=ml.sigma2 * scale_sigma2,
@@ -161,7 +161,7 @@ def test_ddof0_is_a_likelihood_maximum(data: np.ndarray) -> None:
             ddof=0,
         )
         assert log_likelihood(perturbed, data).sum() < best
-    shifted = PPCAParams(**{**ml.__dict__, "mean": ml.mean + 0.05})
+    shifted = PPCAEstimate(**{**ml.__dict__, "mean": ml.mean + 0.05})
     assert log_likelihood(shifted, data).sum() < best
 
 

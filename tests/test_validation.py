@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
-from conftest import assert_adata_equal
+from helpers import assert_adata_unchanged
 
 import scvae
 
@@ -77,10 +77,10 @@ def test_bad_training_input_raises_and_changes_nothing(case: str, small: AnnData
     reference = bad.copy()
     with pytest.raises(error, match=message):
         scvae.ZINBVAE(bad, **kwargs)
-    assert_adata_equal(bad, reference)
+    assert_adata_unchanged(reference, bad)
     with pytest.raises(error, match=message):
         scvae.tl.zinbvae(bad, max_epochs=1, progress_bar=False, **kwargs)
-    assert_adata_equal(bad, reference)
+    assert_adata_unchanged(reference, bad)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_query_with_unseen_batch(quick_model, small: AnnData) -> None:
         quick_model.get_latent(query)
     with pytest.raises(ValueError, match="unseen in training"):
         quick_model.write_latent(query)
-    assert_adata_equal(query, reference)
+    assert_adata_unchanged(reference, query)
 
 
 def test_query_with_other_genes(quick_model, small: AnnData) -> None:
@@ -127,7 +127,7 @@ def test_sparse_dense_float_int_all_work(convert, small: AnnData) -> None:
     model = scvae.PoissonVAE(adata, n_hidden=8, n_latent=2)
     model.fit(max_epochs=1, progress_bar=False)
     assert model.get_latent().shape == (60, 2)
-    assert_adata_equal(adata, reference)
+    assert_adata_unchanged(reference, adata)
     assert type(adata.X) is type(reference.X)
 
 
@@ -145,33 +145,14 @@ def test_sparse_input_is_never_densified(small: AnnData, monkeypatch) -> None:
 
 def test_bad_options() -> None:
     adata = scvae.datasets.simulate(n_cells=30, n_genes=10, seed=0)
-    with pytest.raises(ValueError, match="dispersion='cell' is not one of gene, gene-batch"):
+    with pytest.raises(ValueError, match=r"dispersion must be one of 'gene'.*got 'cell'"):
         scvae.ZINBVAE(adata, dispersion="cell")
-    with pytest.raises(ValueError, match="library='fixed'"):
+    with pytest.raises(ValueError, match=r"library.*'fixed'"):
         scvae.ZINBVAE(adata, library="fixed")
-    with pytest.raises(ValueError, match="n_latent must be a positive integer"):
+    with pytest.raises(ValueError, match="n_latent must be an integer >= 1"):
         scvae.ZINBVAE(adata, n_latent=0)
     model = scvae.ZINBVAE(adata)
     with pytest.raises(RuntimeError, match="not trained yet"):
         model.get_latent()
-    with pytest.raises(ValueError, match="early_stopping needs validation cells"):
-        model.fit(train_size=1.0)
-    with pytest.raises(TypeError, match="Expected an AnnData"):
+    with pytest.raises(TypeError, match="adata must be an AnnData"):
         scvae.ZINBVAE(adata.X)
-
-
-def test_minibatches_match_the_matrix_and_cover_every_cell(small: AnnData) -> None:
-    import torch
-
-    from scvae.data import CSRMinibatches, read_training_data
-
-    _, data = read_training_data(small, layer=None, batch_key="batch")
-    loader = CSRMinibatches(data, np.arange(small.n_obs), batch_size=16, shuffle=False)
-    xs = [x for x, _, _ in loader]
-    np.testing.assert_array_equal(torch.cat(xs).numpy(), small.X.toarray())
-    shuffled = CSRMinibatches(data, np.arange(small.n_obs), batch_size=16, shuffle=True, seed=1)
-    totals = torch.cat([x.sum(1) for x, _, _ in shuffled]).sort().values.numpy()
-    np.testing.assert_allclose(totals, np.sort(np.asarray(small.X.sum(1)).ravel()))
-    for x, _, nz in shuffled:
-        expected = torch.lgamma(x + 1).sum(1)
-        torch.testing.assert_close(nz.log_x_factorial, expected)

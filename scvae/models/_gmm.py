@@ -2,56 +2,30 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse
 import torch
 from anndata import AnnData
 
-from scvae.models._io import META_FILE, prepare_directory, read_meta
-from scvae.module.gmm import GMMParams, default_candidates, fit_gmm, predict_proba, score_samples
+from scvae import checks
+from scvae.data import check_writable, cluster_slots, read_embedding
+from scvae.models._io import SavedModel
+from scvae.module.gmm import (
+    GMMEstimate,
+    default_candidates,
+    fit_gmm,
+    predict_proba,
+    score_samples,
+)
 
-__all__ = ["GMM"]
+__all__ = ["GMM", "GMMConfig"]
 
-_PARAMS_FILE = "gmm.npz"
-
-
-def _embedding(adata: AnnData, use_rep: str) -> np.ndarray:
-    """``adata.obsm[use_rep]`` as a finite float64 ``(n_cells, n_dims)`` array, or raise."""
-    if use_rep not in adata.obsm:
-        available = ", ".join(repr(k) for k in adata.obsm) or "none"
-        raise KeyError(
-            f"use_rep={use_rep!r} is not in adata.obsm (available keys: {available}). "
-            "Write an embedding first, e.g. with a fitted model's "
-            "model.write_latent(adata) (-> 'X_zinbvae') or sc.pp.pca(adata) (-> 'X_pca'), "
-            "or pass use_rep=<one of the available keys>."
-        )
-    rep = adata.obsm[use_rep]
-    if scipy.sparse.issparse(rep):
-        rep = rep.toarray()
-    rep = np.asarray(rep)
-    if rep.ndim != 2 or rep.shape[1] == 0:
-        raise ValueError(
-            f"adata.obsm[{use_rep!r}] must be a 2-D (n_cells, n_dims) array with n_dims >= 1, "
-            f"got shape {rep.shape}."
-        )
-    if not (np.issubdtype(rep.dtype, np.floating) or np.issubdtype(rep.dtype, np.integer)):
-        raise ValueError(f"adata.obsm[{use_rep!r}] must be numeric, got dtype {rep.dtype}.")
-    rep = rep.astype(np.float64)
-    finite = np.isfinite(rep).all(axis=1)  # (n_cells,)
-    if not finite.all():
-        bad = adata.obs_names[~finite]
-        raise ValueError(
-            f"adata.obsm[{use_rep!r}] has NaN or infinite values in {bad.size} of "
-            f"{rep.shape[0]} cells (e.g. {list(bad[:5])}). Recompute the embedding (a diverged "
-            "model gives NaN latents) or subset the AnnData to the finite cells first."
-        )
-    return rep
+_TENSORS = ("weights", "means", "covariances", "precisions_cholesky")
 
 
 def _check_n_components(
@@ -68,8 +42,7 @@ def _check_n_components(
             f"got {n_components!r}."
         )
     for k in values:
-        if k < 1:
-            raise ValueError(f"n_components must be >= 1, got {int(k)}.")
+        checks.positive_int("n_components", k)
         if k > n_cells:
             raise ValueError(
                 f"n_components={int(k)} is larger than the number of cells ({n_cells}); "
@@ -80,7 +53,7 @@ def _check_n_components(
     return [int(k) for k in values]
 
 
-def _relabel_by_size(params: GMMParams, X: torch.Tensor) -> GMMParams:
+def _relabel_by_size(params: GMMEstimate, X: torch.Tensor) -> GMMEstimate:
     """Order components by decreasing number of hard-assigned cells (stable on ties)."""
     proba = predict_proba(params, X)  # (N, K)
     sizes = torch.bincount(proba.argmax(dim=1), minlength=params.n_components)  # (K,)
@@ -90,7 +63,55 @@ def _relabel_by_size(params: GMMParams, X: torch.Tensor) -> GMMParams:
     return params
 
 
-class GMM:
+@dataclass(frozen=True)
+class GMMConfig:
+    """The construction options of a :class:`GMM` (see there); validated, JSON-safe.
+
+    ``n_components`` is an int, a tuple of candidate ints (chosen among by BIC) or None
+    (BIC over the default candidates).
+    """
+
+    use_rep: str = "X_zinbvae"
+    n_components: int | tuple[int, ...] | None = None
+    covariance_type: Literal["full", "diag"] = "full"
+    n_init: int = 1
+    max_iter: int = 200
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.use_rep, str):
+            raise TypeError(f"use_rep must be a string (an obsm key), got {self.use_rep!r}.")
+        if isinstance(self.n_components, list):
+            put("n_components", tuple(self.n_components))
+        checks.choice("covariance_type", self.covariance_type, ("full", "diag"))
+        put("n_init", checks.positive_int("n_init", self.n_init))
+        put("max_iter", checks.positive_int("max_iter", self.max_iter, minimum=0))
+        put("tol", checks.fraction("tol", self.tol, low=0.0, high=math.inf, include_high=False))
+        put(
+            "reg_covar",
+            checks.fraction(
+                "reg_covar", self.reg_covar, low=0.0, high=math.inf, include_high=False
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a JSON-safe dict (candidate lists as lists)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(d["n_components"], tuple):
+            d["n_components"] = list(d["n_components"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GMMConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+class GMM(SavedModel):
     """Gaussian mixture model fitted by EM on an embedding in ``adata.obsm``.
 
     ``k ~ Cat(pi)``, ``x | k ~ N(mu_k, Sigma_k)`` with full or diagonal covariances;
@@ -114,6 +135,15 @@ class GMM:
         high-dimensional, zero-heavy data (genes) a component whose cells are all zero in
         a gene gets a variance of ``reg_covar`` there, and held-out cells with a count in that
         gene score absurdly low: use a larger floor (e.g. 0.1) for such data.
+
+    Attributes
+    ----------
+    config
+        The construction options (:class:`GMMConfig`).
+    estimate
+        The fitted mixture (:class:`scvae.module.gmm.GMMEstimate`); None before :meth:`fit`.
+    seed
+        The seed of the last fit (the one drawn when ``seed=None``); None before.
     """
 
     default_key: ClassVar[str] = "gmm"
@@ -130,60 +160,84 @@ class GMM:
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
     ) -> None:
-        if not isinstance(adata, AnnData):
-            raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-        if covariance_type not in ("full", "diag"):
-            raise ValueError(f"covariance_type must be 'full' or 'diag', got {covariance_type!r}.")
-        X = _embedding(adata, use_rep)  # (n_cells, n_dims)
+        if isinstance(n_components, bool) or not (
+            n_components is None or isinstance(n_components, int | np.integer | Sequence)
+        ):
+            raise TypeError(
+                "n_components must be an int, a non-empty sequence of ints or None, "
+                f"got {n_components!r}."
+            )
+        if isinstance(n_components, Sequence) and not isinstance(n_components, str):
+            n_components = tuple(n_components)
+        config = GMMConfig(
+            use_rep=use_rep,
+            n_components=n_components,
+            covariance_type=covariance_type,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            reg_covar=reg_covar,
+        )
+        X = read_embedding(adata, use_rep)  # (n_cells, n_dims)
         if X.shape[0] < 2:
             raise ValueError(
                 f"Need at least 2 cells to fit a mixture model, got {X.shape[0]}; "
                 "run gmm on the full data set rather than a subset."
             )
-        checked_k = _check_n_components(n_components, X.shape[0])
-        self.config: dict[str, Any] = {
-            "use_rep": use_rep,
-            "n_components": checked_k,
-            "covariance_type": covariance_type,
-            "n_init": n_init,
-            "max_iter": max_iter,
-            "tol": tol,
-            "reg_covar": reg_covar,
-        }
-        self.adata = adata
+        checked = _check_n_components(config.n_components, X.shape[0])
+        if isinstance(checked, list):
+            checked = tuple(checked)
+        self.config = GMMConfig(**{**config.to_dict(), "n_components": checked})
         self._X: np.ndarray | None = X
-        self.params_: GMMParams | None = None
+        self.estimate: GMMEstimate | None = None
         self.seed: int | None = None
 
     def __repr__(self) -> str:
-        k = self.params_.n_components if self.params_ is not None else self.config["n_components"]
-        return f"GMM(use_rep={self.config['use_rep']!r}, n_components={k})"
+        k = self.estimate.n_components if self.estimate is not None else self.config.n_components
+        return f"GMM(use_rep={self.config.use_rep!r}, n_components={k})"
 
-    def fit(self, *, seed: int = 0, accelerator: str = "cpu") -> GMM:
-        """Fit by EM (choosing K by BIC when asked); ``accelerator="gpu"`` runs EM on CUDA."""
+    def fit(
+        self,
+        *,
+        seed: int | None = 0,
+        accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "cpu",
+    ) -> GMM:
+        """Fit by EM (choosing K by BIC when asked).
+
+        Parameters
+        ----------
+        seed
+            Seed of the k-means++ initialisation; None draws one (kept in :attr:`seed`).
+        accelerator
+            ``"cpu"`` (default), ``"gpu"`` (EM on CUDA) or ``"auto"``.
+        """
+        seed = checks.resolve_seed(seed)
+        device = checks.accelerator_device(accelerator)
         if self._X is None:
             raise ValueError("This model was loaded without data; pass adata to fit.")
-        device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
-        if accelerator == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         X = torch.from_numpy(self._X).to(device)  # (N, D) float64
+        config = self.config
         options = {
-            k: self.config[k] for k in ("covariance_type", "n_init", "max_iter", "tol", "reg_covar")
+            "covariance_type": config.covariance_type,
+            "n_init": config.n_init,
+            "max_iter": config.max_iter,
+            "tol": config.tol,
+            "reg_covar": config.reg_covar,
         }
-        k = self.config["n_components"]
+        k = config.n_components
         if isinstance(k, int):
             params = fit_gmm(X, k, seed=seed, **options)
         else:
-            candidates = default_candidates(X.shape[0]) if k is None else k
+            candidates = default_candidates(X.shape[0]) if k is None else list(k)
             params = fit_gmm(X, None, candidates=candidates, seed=seed, **options)
-        self.params_ = _relabel_by_size(params, X)
+        self.estimate = _relabel_by_size(params, X)
         self.seed = seed
         return self
 
-    def _check_fitted(self) -> GMMParams:
-        if self.params_ is None:
+    def _check_fitted(self) -> GMMEstimate:
+        if self.estimate is None:
             raise RuntimeError("GMM is not fitted yet: call model.fit() first.")
-        return self.params_
+        return self.estimate
 
     def _data(self, adata: AnnData | None) -> torch.Tensor:
         params = self._check_fitted()
@@ -192,10 +246,10 @@ class GMM:
                 raise ValueError("This model was loaded without data; pass adata.")
             X = self._X
         else:
-            X = _embedding(adata, self.config["use_rep"])
+            X = read_embedding(adata, self.config.use_rep)
             if X.shape[1] != params.n_features:
                 raise ValueError(
-                    f"adata.obsm[{self.config['use_rep']!r}] has {X.shape[1]} dimensions; the "
+                    f"adata.obsm[{self.config.use_rep!r}] has {X.shape[1]} dimensions; the "
                     f"mixture was fitted on {params.n_features}."
                 )
         return torch.from_numpy(X).to(params.means.device)
@@ -220,14 +274,19 @@ class GMM:
         selection = self._check_fitted().model_selection
         return None if selection is None else pd.DataFrame(selection)
 
-    def uns_record(self) -> dict[str, Any]:
+    def uns_params(self) -> dict[str, Any]:
+        """The options of the fit, the flat h5ad-safe dict of ``uns[key]["params"]``.
+
+        ``n_components`` is as given (None: chosen by BIC, the curve in ``uns[key]["bic"]``).
+        """
+        self._check_fitted()
+        return {**self.config.to_dict(), "seed": self.seed}
+
+    def _uns_record(self) -> dict[str, Any]:
         """What ``write_latent`` stores in ``uns[key]``: options, parameters, BIC curve."""
         params = self._check_fitted()
         record: dict[str, Any] = {
-            "params": {
-                **self.config,  # n_components None: chosen by BIC (curve in "bic")
-                "seed": self.seed,
-            },
+            "params": self.uns_params(),
             "weights": params.weights.cpu().numpy(),
             "means": params.means.cpu().numpy(),
             "covariances": params.covariances.cpu().numpy(),
@@ -243,38 +302,24 @@ class GMM:
     def write_latent(self, adata: AnnData, *, key_added: str | None = None) -> None:
         """Write ``obs[key]`` (categorical labels), ``obsm[key + "_proba"]`` and ``uns[key]``.
 
-        Nothing else is written, and nothing at all if an error is raised.
+        ``key`` is ``key_added`` or ``"gmm"`` (:func:`scvae.data.cluster_slots`). Nothing else
+        is written, and nothing at all if an error is raised.
         """
-        if adata.is_view:
-            raise ValueError(
-                "adata is a view; results cannot be written into it (anndata would silently "
-                "turn it into a copy). Pass adata = adata.copy() first."
-            )
-        key = key_added or self.default_key
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"key_added must be a non-empty string, got {key!r}.")
+        check_writable(adata)
+        obs_key, proba_key, uns_key = cluster_slots(key_added, self.default_key)
         proba = np.ascontiguousarray(self.get_latent(adata))  # (n_cells, K)
         categories = [str(k) for k in range(proba.shape[1])]
         labels = pd.Categorical.from_codes(proba.argmax(axis=1), categories=categories)
-        record = self.uns_record()
-        adata.obs[key] = pd.Series(labels, index=adata.obs_names)
-        adata.obsm[f"{key}_proba"] = proba
-        adata.uns[key] = record
+        record = self._uns_record()
+        adata.obs[obs_key] = pd.Series(labels, index=adata.obs_names)
+        adata.obsm[proba_key] = proba
+        adata.uns[uns_key] = record
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Save the parameters (``gmm.npz``) and options (``model.json``) into a directory."""
+    # --------------------------------------------------------------------------- persistence
+    def _save_meta(self) -> dict[str, Any]:
         params = self._check_fitted()
-        path = prepare_directory(path, overwrite=overwrite)
-        np.savez(
-            path / _PARAMS_FILE,
-            **{
-                k: getattr(params, k).cpu().numpy()
-                for k in ("weights", "means", "covariances", "precisions_cholesky")
-            },
-        )
-        meta = {
-            "class": "GMM",
-            "config": self.config,
+        return {
+            "config": self.config.to_dict(),
             "seed": self.seed,
             "covariance_type": params.covariance_type,
             "log_likelihood_history": params.log_likelihood_history,
@@ -283,22 +328,23 @@ class GMM:
             "lower_bound": params.lower_bound,
             "model_selection": params.model_selection,
         }
-        (path / META_FILE).write_text(json.dumps(meta))
+
+    def _save_tensors(self) -> dict[str, torch.Tensor]:
+        params = self._check_fitted()
+        return {name: getattr(params, name) for name in _TENSORS}
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData | None = None) -> GMM:
-        """Load a model written by :meth:`save`; ``adata`` becomes the default for getters."""
-        path, meta = read_meta(path)
-        if meta["class"] != "GMM":
-            raise ValueError(f"{path} holds a {meta['class']}, not a GMM.")
+    def _restore(
+        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], adata: AnnData | None
+    ) -> GMM:
+        missing = [name for name in _TENSORS if name not in tensors]
+        if missing:
+            raise ValueError(f"The saved weights lack {missing}: not a GMM's; save it again.")
         model = cls.__new__(cls)
-        model.config = meta["config"]
+        model.config = GMMConfig.from_dict(meta["config"])
         model.seed = meta["seed"]
-        model.adata = adata
-        with np.load(path / _PARAMS_FILE) as arrays:
-            tensors = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
-        model.params_ = GMMParams(
-            **tensors,
+        model.estimate = GMMEstimate(
+            **{name: tensors[name] for name in _TENSORS},
             covariance_type=meta["covariance_type"],
             log_likelihood_history=meta["log_likelihood_history"],
             converged=meta["converged"],
@@ -306,5 +352,5 @@ class GMM:
             lower_bound=meta["lower_bound"],
             model_selection=meta["model_selection"],
         )
-        model._X = None if adata is None else _embedding(adata, model.config["use_rep"])
+        model._X = None if adata is None else read_embedding(adata, model.config.use_rep)
         return model

@@ -33,9 +33,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from scvae.module.kmeans import assign, kmeans_plusplus, lloyd, row_slices
+
 __all__ = [
     "ConvergenceWarning",
-    "GMMParams",
+    "GMMEstimate",
     "aic",
     "bic",
     "default_candidates",
@@ -62,7 +64,7 @@ class ConvergenceWarning(UserWarning):
 
 
 @dataclass
-class GMMParams:
+class GMMEstimate:
     """Parameters and fit diagnostics of a Gaussian mixture.
 
     Attributes
@@ -142,11 +144,6 @@ def _chunk_size(n_components: int, n_features: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, n_components * n_features))
 
 
-def _row_slices(n_rows: int, chunk_size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n_rows, chunk_size):
-        yield start, min(n_rows, start + chunk_size)
-
-
 def _check_covariance_type(covariance_type: str) -> None:
     if covariance_type not in ("full", "diag"):
         raise ValueError(f"covariance_type must be 'full' or 'diag', got {covariance_type!r}.")
@@ -220,17 +217,17 @@ def _estimate_log_gaussian_prob(
 
 
 def _weighted_log_prob_chunks(
-    X: torch.Tensor, params: GMMParams, *, chunk_size: int
+    X: torch.Tensor, params: GMMEstimate, *, chunk_size: int
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(start, stop, log w_k + log N(x_n; m_k, Sigma_k))`` ``(n, K)`` per chunk."""
     terms = _component_terms(params.means, params.precisions_cholesky, params.covariance_type)
     log_weights = torch.log(params.weights)  # (K,)
-    for start, stop in _row_slices(X.shape[0], chunk_size):
+    for start, stop in row_slices(X.shape[0], chunk_size):
         log_prob = _estimate_log_gaussian_prob(X[start:stop], terms, params.covariance_type)
         yield start, stop, log_prob + log_weights  # (n, K)
 
 
-def _e_step(X: torch.Tensor, params: GMMParams, *, chunk_size: int) -> tuple[float, torch.Tensor]:
+def _e_step(X: torch.Tensor, params: GMMEstimate, *, chunk_size: int) -> tuple[float, torch.Tensor]:
     """Mean log-likelihood ``()`` and responsibilities ``(N, K)`` of ``params`` on ``X``."""
     N = X.shape[0]
     resp = torch.empty(N, params.n_components, dtype=X.dtype, device=X.device)  # (N, K)
@@ -249,7 +246,7 @@ def _m_step(
     covariance_type: str,
     reg_covar: float,
     chunk_size: int,
-) -> GMMParams:
+) -> GMMEstimate:
     """Weights, means and (regularised) covariances maximising the expected log-likelihood."""
     N, D = X.shape
     nk = resp.sum(dim=0) + 10 * torch.finfo(resp.dtype).eps  # (K,)
@@ -259,7 +256,7 @@ def _m_step(
         covariances = torch.zeros(K, D, D, dtype=X.dtype, device=X.device)  # (K, D, D)
     else:
         covariances = torch.zeros(K, D, dtype=X.dtype, device=X.device)  # (K, D)
-    for start, stop in _row_slices(N, chunk_size):
+    for start, stop in row_slices(N, chunk_size):
         diff = X[start:stop].unsqueeze(0) - means.unsqueeze(1)  # (K, n, D)
         weighted = diff * resp[start:stop].mT.unsqueeze(2)  # (K, n, D)
         if covariance_type == "full":
@@ -271,82 +268,13 @@ def _m_step(
         covariances.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
     else:
         covariances = covariances / nk.unsqueeze(1) + reg_covar
-    return GMMParams(
+    return GMMEstimate(
         weights=nk / N,
         means=means,
         covariances=covariances,
         precisions_cholesky=_precision_cholesky_from_covariances(covariances, covariance_type),
         covariance_type=covariance_type,
     )
-
-
-def _squared_distances(X: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """``||x_n - c_j||^2`` ``(n, J)``, clamped at zero."""
-    d2 = (
-        X.square().sum(dim=1, keepdim=True) - 2.0 * (X @ centers.mT) + centers.square().sum(dim=1)
-    )  # (n, J)
-    return d2.clamp_min_(0.0)
-
-
-def _kmeans_plusplus(
-    X: torch.Tensor, n_components: int, *, generator: torch.Generator
-) -> torch.Tensor:
-    """Greedy k-means++ seeding (``2 + log K`` candidates per step), centres ``(K, D)``."""
-    N = X.shape[0]
-    n_local_trials = 2 + int(math.log(n_components))
-    first = int(torch.randint(N, (1,), generator=generator))
-    centers = [X[first]]
-    closest = _squared_distances(X, X[first : first + 1]).squeeze(1)  # (N,)
-    for _ in range(1, n_components):
-        cumulative = torch.cumsum(closest, dim=0)  # (N,)
-        potential = cumulative[-1]
-        if float(potential) <= 0.0:  # fewer distinct points than clusters: draw uniformly
-            candidates = torch.randint(N, (n_local_trials,), generator=generator)
-            candidates = candidates.to(X.device)
-        else:
-            u = torch.rand(n_local_trials, generator=generator, dtype=torch.float64)
-            targets = u.to(device=X.device, dtype=X.dtype) * potential  # (trials,)
-            candidates = torch.searchsorted(cumulative, targets).clamp_max_(N - 1)  # (trials,)
-        candidate_d2 = torch.minimum(
-            _squared_distances(X, X[candidates]), closest.unsqueeze(1)
-        )  # (N, trials)
-        best = int(torch.argmin(candidate_d2.sum(dim=0)))
-        centers.append(X[candidates[best]])
-        closest = candidate_d2[:, best]
-    return torch.stack(centers)  # (K, D)
-
-
-def _assign(X: torch.Tensor, centers: torch.Tensor, *, chunk_size: int) -> torch.Tensor:
-    """Index of the nearest centre of every cell ``(N,)``."""
-    labels = torch.empty(X.shape[0], dtype=torch.long, device=X.device)
-    for start, stop in _row_slices(X.shape[0], chunk_size):
-        labels[start:stop] = _squared_distances(X[start:stop], centers).argmin(dim=1)
-    return labels
-
-
-def _kmeans(
-    X: torch.Tensor,
-    n_components: int,
-    *,
-    generator: torch.Generator,
-    max_iter: int,
-    chunk_size: int,
-) -> torch.Tensor:
-    """Lloyd's k-means from a k-means++ seeding; returns hard labels ``(N,)``."""
-    centers = _kmeans_plusplus(X, n_components, generator=generator)  # (K, D)
-    labels = _assign(X, centers, chunk_size=chunk_size)  # (N,)
-    for _ in range(max_iter):
-        sums = torch.zeros_like(centers).index_add_(0, labels, X)  # (K, D)
-        counts = torch.bincount(labels, minlength=n_components).to(X.dtype)  # (K,)
-        nonempty = counts > 0
-        centers = torch.where(
-            nonempty.unsqueeze(1), sums / counts.clamp_min(1.0).unsqueeze(1), centers
-        )  # (K, D), empty clusters keep their centre
-        new_labels = _assign(X, centers, chunk_size=chunk_size)
-        if bool((new_labels == labels).all()):
-            break
-        labels = new_labels
-    return labels
 
 
 def _initial_params(
@@ -358,13 +286,13 @@ def _initial_params(
     init: str,
     generator: torch.Generator,
     chunk_size: int,
-) -> GMMParams:
+) -> GMMEstimate:
     """Hard-assignment initialisation: k-means (or k-means++ seeds), then one M-step."""
     if init == "kmeans":
-        labels = _kmeans(X, n_components, generator=generator, max_iter=100, chunk_size=chunk_size)
+        labels = lloyd(X, n_components, generator=generator, max_iter=100, chunk_size=chunk_size)
     else:
-        centers = _kmeans_plusplus(X, n_components, generator=generator)  # (K, D)
-        labels = _assign(X, centers, chunk_size=chunk_size)  # (N,)
+        centers = kmeans_plusplus(X, n_components, generator=generator)  # (K, D)
+        labels = assign(X, centers, chunk_size=chunk_size)  # (N,)
     resp = torch.zeros(X.shape[0], n_components, dtype=X.dtype, device=X.device)  # (N, K)
     resp[torch.arange(X.shape[0], device=X.device), labels] = 1.0
     return _m_step(
@@ -380,7 +308,7 @@ def _params_from_dict(
     covariance_type: str,
     reg_covar: float,
     chunk_size: int,
-) -> GMMParams:
+) -> GMMEstimate:
     """Initial parameters from user-given ``means`` (+ optional weights / precisions)."""
     allowed = {"weights", "means", "covariances", "precisions", "precisions_cholesky"}
     unknown = set(init_params) - allowed
@@ -429,7 +357,7 @@ def _params_from_dict(
                 covariances = 0.5 * (covariances + covariances.mT)
     else:
         # covariances from hard assignment of the cells to the nearest given mean
-        labels = _assign(X, means, chunk_size=chunk_size)
+        labels = assign(X, means, chunk_size=chunk_size)
         resp = torch.zeros(X.shape[0], K, dtype=X.dtype, device=X.device)  # (N, K)
         resp[torch.arange(X.shape[0], device=X.device), labels] = 1.0
         hard = _m_step(
@@ -443,7 +371,7 @@ def _params_from_dict(
         weights = weights / weights.sum()
     else:
         weights = torch.full((K,), 1.0 / K, dtype=X.dtype, device=X.device)  # (K,)
-    return GMMParams(
+    return GMMEstimate(
         weights=weights,
         means=means,
         covariances=covariances,
@@ -454,13 +382,13 @@ def _params_from_dict(
 
 def _run_em(
     X: torch.Tensor,
-    params: GMMParams,
+    params: GMMEstimate,
     *,
     max_iter: int,
     tol: float,
     reg_covar: float,
     chunk_size: int,
-) -> GMMParams:
+) -> GMMEstimate:
     """EM iterations from ``params``; returns new params with history filled in.
 
     The stopping rule is sklearn's: iteration ``t`` evaluates ``log L(theta_{t-1})`` in its
@@ -513,7 +441,7 @@ def fit_gmm(
     candidates: Sequence[int] | None = None,
     dtype: torch.dtype = torch.float64,
     chunk_size: int | None = None,
-) -> GMMParams:
+) -> GMMEstimate:
     """Fit a Gaussian mixture by EM.
 
     Parameters
@@ -545,7 +473,7 @@ def fit_gmm(
     init_params
         Explicit initial parameters instead: ``"means"`` ``(K, D)`` (required), optionally
         ``"weights"`` ``(K,)`` (default uniform) and one of ``"covariances"``,
-        ``"precisions"`` or ``"precisions_cholesky"`` (shapes as in :class:`GMMParams`;
+        ``"precisions"`` or ``"precisions_cholesky"`` (shapes as in :class:`GMMEstimate`;
         default: from the hard assignment of cells to the nearest mean).
     candidates
         Values of ``K`` tried when ``n_components`` is None (default
@@ -557,7 +485,7 @@ def fit_gmm(
 
     Returns
     -------
-    GMMParams
+    GMMEstimate
         Parameters on the device of ``X``, with the log-likelihood history.
 
     Raises
@@ -603,7 +531,7 @@ def fit_gmm(
     chunk = chunk_size if chunk_size is not None else _chunk_size(K, D)
     generator = torch.Generator().manual_seed(seed)
 
-    best: GMMParams | None = None
+    best: GMMEstimate | None = None
     for _ in range(1 if init_params is not None else n_init):
         if init_params is not None:
             start = _params_from_dict(
@@ -642,7 +570,7 @@ def fit_gmm(
 
 
 def score_samples(
-    params: GMMParams, X: ArrayLike, *, chunk_size: int | None = None
+    params: GMMEstimate, X: ArrayLike, *, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Per-cell log-likelihood ``log p(x_n)`` ``(N,)`` under the mixture."""
     X = _as_data(X, params.means.dtype).to(params.means.device)
@@ -654,7 +582,7 @@ def score_samples(
 
 
 def predict_proba(
-    params: GMMParams, X: ArrayLike, *, chunk_size: int | None = None
+    params: GMMEstimate, X: ArrayLike, *, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Responsibilities ``p(k | x_n)`` ``(N, K)``; rows sum to one."""
     X = _as_data(X, params.means.dtype).to(params.means.device)
@@ -662,25 +590,25 @@ def predict_proba(
     return _e_step(X, params, chunk_size=chunk)[1]
 
 
-def predict(params: GMMParams, X: ArrayLike, *, chunk_size: int | None = None) -> torch.Tensor:
+def predict(params: GMMEstimate, X: ArrayLike, *, chunk_size: int | None = None) -> torch.Tensor:
     """Most probable component of each cell ``(N,)``."""
     return predict_proba(params, X, chunk_size=chunk_size).argmax(dim=1)
 
 
-def n_parameters(params: GMMParams) -> int:
+def n_parameters(params: GMMEstimate) -> int:
     """Number of free parameters: ``K - 1`` weights, ``K D`` means and the covariances."""
     K, D = params.n_components, params.n_features
     per_covariance = D * (D + 1) // 2 if params.covariance_type == "full" else D
     return (K - 1) + K * D + K * per_covariance
 
 
-def bic(params: GMMParams, X: ArrayLike) -> float:
+def bic(params: GMMEstimate, X: ArrayLike) -> float:
     """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
     log_lik = score_samples(params, X)  # (N,)
     return float(-2.0 * log_lik.sum() + n_parameters(params) * math.log(log_lik.shape[0]))
 
 
-def aic(params: GMMParams, X: ArrayLike) -> float:
+def aic(params: GMMEstimate, X: ArrayLike) -> float:
     """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
     log_lik = score_samples(params, X)  # (N,)
     return float(-2.0 * log_lik.sum() + 2.0 * n_parameters(params))
@@ -706,7 +634,7 @@ def select_n_components(
     init: InitMethod = "kmeans",
     dtype: torch.dtype = torch.float64,
     chunk_size: int | None = None,
-) -> tuple[GMMParams, dict[str, list]]:
+) -> tuple[GMMEstimate, dict[str, list]]:
     """Fit one mixture per candidate ``K`` and keep the one with the lowest BIC.
 
     Parameters
@@ -734,7 +662,7 @@ def select_n_components(
         raise ValueError(
             f"Every candidate must be between 1 and the number of cells ({N}); got {ks}."
         )
-    best: GMMParams | None = None
+    best: GMMEstimate | None = None
     best_bic = math.inf
     bics: list[float] = []
     for k in ks:

@@ -35,7 +35,7 @@ import scipy.sparse
 import torch
 
 __all__ = [
-    "PPCAParams",
+    "PPCAEstimate",
     "fit_ppca",
     "log_likelihood",
     "posterior",
@@ -51,7 +51,7 @@ _CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
-class PPCAParams:
+class PPCAEstimate:
     """Maximum-likelihood parameters of a probabilistic PCA model.
 
     Attributes
@@ -340,7 +340,7 @@ def fit_ppca(
     krylov_depth: int = 4,
     max_iter: int = 100,
     tol: float = 1e-9,
-) -> PPCAParams:
+) -> PPCAEstimate:
     """Fit probabilistic PCA by its closed-form maximum-likelihood solution.
 
     Parameters
@@ -378,7 +378,7 @@ def fit_ppca(
 
     Returns
     -------
-    PPCAParams
+    PPCAEstimate
         Float64 parameters on the device of ``X``.
 
     Raises
@@ -441,7 +441,7 @@ def fit_ppca(
     U = U * torch.where(signs == 0, torch.ones_like(signs), signs)  # (G, L)
     sigma2 = ((total_variance - eigenvalues.sum()) / (G - L)).clamp_min(0.0)  # ()
     W = U * (eigenvalues - sigma2).clamp_min(0.0).sqrt()  # (G, L)
-    return PPCAParams(
+    return PPCAEstimate(
         mean=mu,
         W=W,
         sigma2=sigma2,
@@ -452,7 +452,7 @@ def fit_ppca(
     )
 
 
-def _inner_cholesky(params: PPCAParams) -> torch.Tensor:
+def _inner_cholesky(params: PPCAEstimate) -> torch.Tensor:
     """Cholesky factor of ``M = W^T W + sigma^2 I`` ``(L, L)``."""
     W = params.W  # (G, L)
     M = W.mT @ W + params.sigma2 * torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
@@ -460,7 +460,7 @@ def _inner_cholesky(params: PPCAParams) -> torch.Tensor:
 
 
 def _centred_projections(
-    params: PPCAParams, X: torch.Tensor, *, with_sqnorm: bool
+    params: PPCAEstimate, X: torch.Tensor, *, with_sqnorm: bool
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(start, stop, (x - mu) W, ||x - mu||^2)`` for row chunks of ``X``."""
     n, G = X.shape
@@ -493,7 +493,7 @@ def _centred_projections(
         yield start, stop, centred @ W, sqnorm  # (chunk, L)
 
 
-def posterior(params: PPCAParams, X: MatrixLike) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior(params: PPCAEstimate, X: MatrixLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian posterior ``p(z | x)`` of the latent coordinates.
 
     ``E[z | x] = M^{-1} W^T (x - mu)`` and ``Cov[z | x] = sigma^2 M^{-1}`` with
@@ -522,7 +522,7 @@ def posterior(params: PPCAParams, X: MatrixLike) -> tuple[torch.Tensor, torch.Te
     return mean, cov
 
 
-def log_likelihood(params: PPCAParams, X: MatrixLike) -> torch.Tensor:
+def log_likelihood(params: PPCAEstimate, X: MatrixLike) -> torch.Tensor:
     """Exact per-cell log-density ``log N(x; mu, W W^T + sigma^2 I)``.
 
     Uses ``C^{-1} = (I - W M^{-1} W^T) / sigma^2`` (Woodbury) and

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from scvae import metrics
-from scvae.models._gmm import _embedding
+from scvae import checks, metrics
+from scvae.data import read_embedding, read_obs_column
 
 __all__ = ["BATCH_CORRECTION", "BIO_CONSERVATION", "evaluate"]
 
@@ -24,25 +24,6 @@ _GROUPS = {
     **dict.fromkeys(BIO_CONSERVATION, "bio conservation"),
     **dict.fromkeys(BATCH_CORRECTION, "batch correction"),
 }
-
-
-def _obs_column(adata: AnnData, key: str, what: str) -> np.ndarray:
-    """``adata.obs[key]`` as strings, or a KeyError that lists the columns."""
-    if not isinstance(key, str) or key not in adata.obs:
-        columns = ", ".join(repr(c) for c in adata.obs.columns) or "none"
-        raise KeyError(
-            f"{what}={key!r} is not a column of adata.obs (available columns: {columns}). "
-            f"Pass {what}=<one of the available columns>."
-        )
-    column = adata.obs[key]
-    missing = column.isna()
-    if missing.any():
-        raise ValueError(
-            f"adata.obs[{key!r}] has {int(missing.sum())} missing values; every cell needs a "
-            f"{what.removesuffix('_key')}. Subset to the labelled cells first, e.g. "
-            f"adata[adata.obs[{key!r}].notna()].copy()."
-        )
-    return column.astype(str).to_numpy()
 
 
 def _scib_backend() -> Any:
@@ -139,7 +120,7 @@ def evaluate(
     heldout: AnnData | None = None,
     n_samples: int = 100,
     backend: Literal["scvae", "scib-metrics"] = "scvae",
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> pd.DataFrame:
     """Score how an embedding keeps cell types apart and mixes batches, scIB style.
 
@@ -199,15 +180,17 @@ def evaluate(
         by scib-metrics on the same kNN graphs; needs ``pip install "scvae[scib]"``). With
         scib-metrics, the Leiden sweep is its own (0.2, ..., 2.0; ``resolutions`` is
         ignored) and kBET's diffusion-map neighbours are approximate (pynndescent), so
-        ``kbet`` can differ slightly; ``attrs`` stay empty.
+        ``kbet`` can differ slightly; ``attrs`` hold only the seed.
     seed
-        Seeds Leiden, the GMM, kBET's eigensolver and the IWAE draws.
+        Seeds Leiden, the GMM, kBET's eigensolver and the IWAE draws; None draws one (in
+        ``attrs["seed"]``).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``embedding``, ``group``, ``metric``, ``value``; one row per metric. ``attrs``
-        hold the chosen Leiden resolution and the per-label kBET scores (scvae backend).
+        hold the seed, the chosen Leiden resolution and the per-label kBET scores (scvae
+        backend).
 
     Raises
     ------
@@ -226,24 +209,30 @@ def evaluate(
     """
     if not isinstance(adata, AnnData):
         raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-    if backend not in ("scvae", "scib-metrics"):
-        raise ValueError(f"backend must be 'scvae' or 'scib-metrics', got {backend!r}.")
+    checks.choice("backend", backend, ("scvae", "scib-metrics"))
     if (model is None) != (heldout is None):
         raise ValueError(
             "Pass both model= (a fitted scvae model) and heldout= (AnnData of held-out cells) "
             "to add the held-out log-likelihood, or neither."
         )
-    for name, value in (
-        ("n_neighbors", n_neighbors),
-        ("lisi_n_neighbors", lisi_n_neighbors),
-        ("kbet_n_neighbors", kbet_n_neighbors),
-    ):
-        if not isinstance(value, int | np.integer) or value < 2:
-            raise ValueError(f"{name} must be an integer >= 2 (self included), got {value!r}.")
-    X = _embedding(adata, use_rep)  # (N, D) float64, finite
-    labels = _obs_column(adata, label_key, "label_key")
-    batches = None if batch_key is None else _obs_column(adata, batch_key, "batch_key")
-    clusters = None if cluster_key is None else _obs_column(adata, cluster_key, "cluster_key")
+    # the neighbour counts include the cell itself
+    n_neighbors = checks.positive_int("n_neighbors", n_neighbors, minimum=2)
+    lisi_n_neighbors = checks.positive_int("lisi_n_neighbors", lisi_n_neighbors, minimum=2)
+    kbet_n_neighbors = checks.positive_int("kbet_n_neighbors", kbet_n_neighbors, minimum=2)
+    n_samples = checks.positive_int("n_samples", n_samples)
+    gmm = checks.boolean("gmm", gmm)
+    gmm_n_components = checks.optional_positive_int("gmm_n_components", gmm_n_components)
+    resolutions = [
+        checks.fraction(f"resolutions[{i}]", r, low=0.0, high=np.inf, include_low=False)
+        for i, r in enumerate(resolutions)
+    ]
+    seed = checks.resolve_seed(seed)
+    X = read_embedding(adata, use_rep)  # (N, D) float64, finite
+    labels = read_obs_column(adata, label_key, what="label_key")
+    batches = None if batch_key is None else read_obs_column(adata, batch_key, what="batch_key")
+    clusters = (
+        None if cluster_key is None else read_obs_column(adata, cluster_key, what="cluster_key")
+    )
     if X.shape[0] < 3:
         raise ValueError(f"Need at least 3 cells to evaluate an embedding, got {X.shape[0]}.")
     if batches is not None and np.unique(batches).size < 2:
@@ -292,7 +281,7 @@ def evaluate(
     table = pd.DataFrame(rows, columns=["group", "metric", "value"])
     table.insert(0, "embedding", use_rep)
     table["value"] = table["value"].astype(np.float64)
-    table.attrs.update(details)
+    table.attrs.update({"seed": seed, **details})
     return table
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 from anndata import AnnData
 
+from scvae import checks
+from scvae.data import check_writable, cluster_slots
 from scvae.models._gmm import GMM
 
 __all__ = ["gmm"]
@@ -19,7 +21,7 @@ def gmm(
     n_components: int | Sequence[int] | None = None,
     covariance_type: Literal["full", "diag"] = "full",
     key_added: str = "gmm",
-    seed: int = 0,
+    seed: int | None = 0,
     n_init: int = 1,
     max_iter: int = 200,
     tol: float = 1e-3,
@@ -69,7 +71,8 @@ def gmm(
     key_added
         Name of the slots written (see above).
     seed
-        Seed of the k-means++ initialisation.
+        Seed of the k-means++ initialisation; None draws one (recorded in
+        ``uns[key_added]["params"]["seed"]``).
     n_init
         Number of initialisations per ``K``; the best log-likelihood is kept.
     max_iter
@@ -103,15 +106,14 @@ def gmm(
     >>> scvae.tl.gmm(adata, n_components=8)
     >>> sc.pl.umap(adata, color="gmm")
     """
+    copy = checks.boolean("copy", copy)
+    return_model = checks.boolean("return_model", return_model)
     if not isinstance(adata, AnnData):
         raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-    if adata.is_view and not copy:
-        raise ValueError(
-            "adata is a view; results cannot be written into it (anndata would silently turn "
-            "it into a copy). Pass adata = adata.copy() first, or use copy=True."
-        )
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if not copy:
+        check_writable(adata, copy_option=True)
+    cluster_slots(key_added)  # refuse a bad key before fitting
+    seed = checks.resolve_seed(seed)
     model = GMM(
         adata,
         use_rep=use_rep,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from anndata import AnnData
 
-from scvae.models import PPCA
+from scvae import checks
+from scvae.data import check_writable, latent_slots
+from scvae.models._ppca import PPCA
 
 __all__ = ["ppca"]
 
@@ -15,9 +19,9 @@ def ppca(
     layer: str | None = None,
     n_latent: int = 10,
     log_normalize: bool = True,
-    ddof: int = 0,
-    seed: int = 0,
-    accelerator: str = "auto",
+    ddof: Literal[0, 1] = 0,
+    seed: int | None = 0,
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto",
     key_added: str | None = None,
     copy: bool = False,
     return_model: bool = False,
@@ -25,8 +29,10 @@ def ppca(
     """Fit probabilistic PCA in closed form and write its embedding, scanpy style.
 
     Writes ``adata.obsm["X_<key_added>"]`` (posterior means ``E[z | x]``, n_cells x n_latent)
-    and ``adata.uns[<key_added>]["params"]`` (options, ``sigma2``, explained variance ratios);
-    nothing else, and nothing at all if an error is raised.
+    and ``adata.uns[<key_added>]["params"]`` (options, seed, ``sigma2``, explained variance
+    ratios); nothing else, and nothing at all if an error is raised. A ``key_added`` that
+    starts with ``"X_"`` names the ``obsm`` key itself (``"X_pc"``: ``obsm["X_pc"]``,
+    ``uns["pc"]``).
 
     Parameters
     ----------
@@ -35,7 +41,7 @@ def ppca(
     layer, n_latent, log_normalize, ddof
         As in :class:`scvae.PPCA`.
     seed, accelerator
-        As in :meth:`scvae.PPCA.fit`.
+        As in :meth:`scvae.PPCA.fit` (``seed=None`` draws one and records it).
     key_added
         Key of the results (default ``"ppca"``).
     copy
@@ -47,8 +53,13 @@ def ppca(
     -------
     None, the AnnData copy (``copy=True``), the model (``return_model=True``), or both.
     """
-    if adata.is_view and not copy:
-        raise ValueError("adata is a view; pass adata.copy() or use copy=True.")
+    copy = checks.boolean("copy", copy)
+    return_model = checks.boolean("return_model", return_model)
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    if not copy:
+        check_writable(adata, copy_option=True)
+    latent_slots(key_added, PPCA.default_key)  # refuse a bad key before fitting
     model = PPCA(adata, layer=layer, n_latent=n_latent, log_normalize=log_normalize, ddof=ddof)
     model.fit(seed=seed, accelerator=accelerator)
     target = adata.copy() if copy else adata
