@@ -1,11 +1,21 @@
-"""One-line, scanpy-style training of the count VAEs: ``scvae.tl.zinbvae(adata, ...)``."""
+"""One-line, scanpy-style training of the VAEs: ``scvae.tl.zinbvae(adata, ...)``.
+
+Every option of the model's constructor and of its ``fit`` is a keyword of the one-liner, with
+the same name and default.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from anndata import AnnData
 
+from scvae.data import check_writable, latent_slots
 from scvae.models import NBVAE, ZINBVAE, GaussianVAE, PoissonVAE
-from scvae.models._vae import VAEModel
+
+if TYPE_CHECKING:
+    from scvae.models._vae import VAEModel
 
 __all__ = ["gaussianvae", "nbvae", "poissonvae", "zinbvae"]
 
@@ -20,11 +30,9 @@ def _fit_and_write(
     model_kwargs: dict,
     fit_kwargs: dict,
 ) -> AnnData | VAEModel | tuple[AnnData, VAEModel] | None:
-    if adata.is_view and not copy:
-        raise ValueError(
-            "adata is a view; results cannot be written into it. Pass adata.copy() or use "
-            "copy=True."
-        )
+    if not copy:
+        check_writable(adata, copy_option=True)
+    latent_slots(key_added, model_class.default_key)  # a bad key fails before training
     model = model_class(adata, **model_kwargs)
     model.fit(**fit_kwargs)
     target = adata.copy() if copy else adata
@@ -34,25 +42,51 @@ def _fit_and_write(
     return model if return_model else None
 
 
+_FIT_DOC = """max_epochs
+        Passes over the training cells; None picks ``min(400, 400 * 20000 / n_cells)``.
+    batch_size
+        Cells per minibatch.
+    lr, weight_decay
+        Adam learning rate and weight decay.
+    train_size
+        Fraction of cells used for training; the rest (a seeded split) is the validation set
+        for early stopping and the history. 1.0 trains on every cell, without early stopping.
+    early_stopping
+        Stop when the validation ELBO has not improved for ``patience`` epochs after the KL
+        warm-up, and keep the weights of the best validation epoch.
+    patience
+        Epochs without improvement before early stopping.
+    n_steps_kl_warmup
+        Optimizer steps over which the KL weight rises from 0 to 1; None: a tenth of all steps.
+    seed
+        Seeds the split, the initialization, the minibatch order and the Monte Carlo samples;
+        None draws a random seed (recorded in the model's parameters).
+    accelerator, devices
+        Lightning's; ``"auto"`` trains on one GPU when there is one, else on the CPU.
+    progress_bar
+        Show training progress.
+
+    See :meth:`scvae.{cls}.fit` for the details."""
+
 _DOC = """Fit {cls} on ``adata`` and write its embedding, scanpy style.
 
     Trains :class:`scvae.{cls}` (see its documentation for the model) and writes
 
-    * ``adata.obsm["X_<key_added>"]``: posterior mean of ``q(z | x, s)``, (n_cells, n_latent);
-    * ``adata.uns[<key_added>]["params"]``: model and fit options.
+    * ``adata.obsm["X_<key>"]``: posterior mean of ``q(z | x, s)``, (n_cells, n_latent);
+    * ``adata.uns[<key>]["params"]``: model and fit options,
 
-    Nothing else is written, and nothing at all if an error is raised.
+    with ``<key>`` = ``key_added`` (``"X_scvi"`` is taken as ``obsm["X_scvi"]`` and
+    ``uns["scvi"]``). Nothing else is written, and nothing at all if an error is raised.
 
     Parameters
     ----------
     adata
         Cells x genes AnnData with raw counts in ``adata.X`` or ``layer``.
-    layer, batch_key, n_latent, n_hidden, n_layers, dropout_rate, dispersion, library
+    {model_params}
         Model options, as in :class:`scvae.{cls}`.
-    max_epochs, batch_size, lr, early_stopping, seed, accelerator, devices, progress_bar
-        Fit options, as in :meth:`scvae.{cls}.fit`.
+    {fit_doc}
     key_added
-        Key of the results (default ``"{key}"``).
+        Name of the results (default ``"{key}"``).
     copy
         Work on a copy of ``adata`` and return it.
     return_model
@@ -62,7 +96,18 @@ _DOC = """Fit {cls} on ``adata`` and write its embedding, scanpy style.
     -------
     None, or the AnnData copy (``copy=True``), or the model (``return_model=True``), or both as
     ``(adata, model)``.
+
+    Examples
+    --------
+    >>> scvae.tl.{key}(adata, batch_key="batch", max_epochs=100, train_size=0.9, patience=20)
+    >>> sc.pp.neighbors(adata, use_rep="X_{key}")
     """
+
+
+def _doc(cls: str, key: str, model_params: str) -> str:
+    return _DOC.format(
+        cls=cls, key=key, model_params=model_params, fit_doc=_FIT_DOC.format(cls=cls)
+    )
 
 
 def _make_tool(model_class: type[VAEModel]):
@@ -80,10 +125,14 @@ def _make_tool(model_class: type[VAEModel]):
         max_epochs: int | None = None,
         batch_size: int = 128,
         lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        train_size: float = 0.9,
         early_stopping: bool = True,
-        seed: int = 0,
+        patience: int = 30,
+        n_steps_kl_warmup: int | None = None,
+        seed: int | None = 0,
         accelerator: str = "auto",
-        devices: int | str = "auto",
+        devices: int | str | Sequence[int] = "auto",
         progress_bar: bool = True,
         key_added: str | None = None,
         copy: bool = False,
@@ -109,7 +158,11 @@ def _make_tool(model_class: type[VAEModel]):
                 "max_epochs": max_epochs,
                 "batch_size": batch_size,
                 "lr": lr,
+                "weight_decay": weight_decay,
+                "train_size": train_size,
                 "early_stopping": early_stopping,
+                "patience": patience,
+                "n_steps_kl_warmup": n_steps_kl_warmup,
                 "seed": seed,
                 "accelerator": accelerator,
                 "devices": devices,
@@ -118,7 +171,12 @@ def _make_tool(model_class: type[VAEModel]):
         )
 
     tool.__name__ = tool.__qualname__ = model_class.default_key
-    tool.__doc__ = _DOC.format(cls=model_class.__name__, key=model_class.default_key)
+    tool.__module__ = __name__
+    tool.__doc__ = _doc(
+        model_class.__name__,
+        model_class.default_key,
+        "layer, batch_key, n_latent, n_hidden, n_layers, dropout_rate, dispersion, library",
+    )
     return tool
 
 
@@ -140,10 +198,14 @@ def gaussianvae(
     max_epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    train_size: float = 0.9,
     early_stopping: bool = True,
-    seed: int = 0,
+    patience: int = 30,
+    n_steps_kl_warmup: int | None = None,
+    seed: int | None = 0,
     accelerator: str = "auto",
-    devices: int | str = "auto",
+    devices: int | str | Sequence[int] = "auto",
     progress_bar: bool = True,
     key_added: str | None = None,
     copy: bool = False,
@@ -168,7 +230,11 @@ def gaussianvae(
             "max_epochs": max_epochs,
             "batch_size": batch_size,
             "lr": lr,
+            "weight_decay": weight_decay,
+            "train_size": train_size,
             "early_stopping": early_stopping,
+            "patience": patience,
+            "n_steps_kl_warmup": n_steps_kl_warmup,
             "seed": seed,
             "accelerator": accelerator,
             "devices": devices,
@@ -177,6 +243,8 @@ def gaussianvae(
     )
 
 
-gaussianvae.__doc__ = _DOC.format(cls="GaussianVAE", key="gaussianvae").replace(
-    "dispersion, library", "log_normalize"
+gaussianvae.__doc__ = _doc(
+    "GaussianVAE",
+    "gaussianvae",
+    "layer, batch_key, log_normalize, n_latent, n_hidden, n_layers, dropout_rate",
 )
