@@ -88,6 +88,28 @@ def _softmax(a: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _draw_poisson(rng: np.random.Generator, mu: np.ndarray, theta, zi_logits) -> np.ndarray:
+    """``x ~ Poisson(mu)``."""
+    return rng.poisson(mu)
+
+
+def _draw_nb(rng: np.random.Generator, mu: np.ndarray, theta, zi_logits) -> np.ndarray:
+    """``w ~ Gamma(theta, rate theta / mu)``, ``x ~ Poisson(w)``."""
+    w = rng.gamma(shape=theta, scale=mu / theta)  # (N, G)
+    return rng.poisson(w)
+
+
+def _draw_zinb(rng: np.random.Generator, mu: np.ndarray, theta, zi_logits) -> np.ndarray:
+    """An NB draw set to zero where the gate ``h ~ Bernoulli(sigmoid(zi_logits))`` fires."""
+    x = _draw_nb(rng, mu, theta, zi_logits)
+    gate = rng.random(x.shape) < 1.0 / (1.0 + np.exp(-zi_logits))
+    x[gate] = 0
+    return x
+
+
+_DRAWS = {"zinb": _draw_zinb, "nb": _draw_nb, "poisson": _draw_poisson}
+
+
 def simulate(
     *,
     n_cells: int = 600,
@@ -128,7 +150,7 @@ def simulate(
         the true parameters (``theta``, ``zi_logits``, cluster ``centres``) in
         ``uns["simulation"]``.
     """
-    if likelihood not in ("zinb", "nb", "poisson"):
+    if likelihood not in _DRAWS:
         raise ValueError(f"likelihood={likelihood!r} is not one of 'zinb', 'nb', 'poisson'.")
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, 2.5, size=(n_clusters, n_latent))  # (K, L)
@@ -144,14 +166,7 @@ def simulate(
     mu = np.exp(log_l)[:, None] * rho  # (N, G)
     theta = np.exp(rng.normal(np.log(5.0), 0.5, size=n_genes))  # (G,)
     zi_logits = rng.normal(-2.0, 0.5, size=n_genes)  # (G,)
-    if likelihood == "poisson":
-        x = rng.poisson(mu)
-    else:
-        w = rng.gamma(shape=theta, scale=mu / theta)  # (N, G) Gamma(theta, rate theta/mu)
-        x = rng.poisson(w)
-        if likelihood == "zinb":
-            gate = rng.random((n_cells, n_genes)) < 1.0 / (1.0 + np.exp(-zi_logits))
-            x[gate] = 0
+    x = _DRAWS[likelihood](rng, mu, theta, zi_logits)  # (N, G)
     # keep every cell non-empty (a draw of all zeros is possible for tiny libraries)
     empty = x.sum(axis=1) == 0
     x[empty, rng.integers(n_genes, size=int(empty.sum()))] = 1

@@ -48,6 +48,13 @@ class Minibatch:
     labels: torch.Tensor | None = None
     covariates: torch.Tensor | None = None
 
+    @classmethod
+    def from_dense(
+        cls, x: torch.Tensor, batch_index: torch.Tensor, *, nonzeros: bool = True
+    ) -> Minibatch:
+        """A minibatch of dense counts (B, G); ``nonzeros=False`` selects the dense likelihood."""
+        return cls(x=x, batch_index=batch_index, nz=NonZeros.from_dense(x) if nonzeros else None)
+
     @property
     def n_cells(self) -> int:
         """``B``, the number of cells."""

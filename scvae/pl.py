@@ -340,7 +340,7 @@ def posterior_predictive_stats(
 
 def _check_count_model(model: object) -> VAEModel:
     model = _check_vae(model, "posterior_predictive")
-    if model.likelihood == "gaussian":
+    if not model.observation.counts:
         raise ValueError(
             "The posterior predictive check compares simulated with observed counts, but a "
             "GaussianVAE models log-normalized values, not counts (it has no zeros to check). "

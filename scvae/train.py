@@ -86,9 +86,7 @@ def split_cells(n_cells: int, train_size: float, seed: int) -> tuple[np.ndarray,
     ``train_size=1.0`` puts every cell in training; otherwise at least one cell validates.
     """
     perm = np.random.default_rng(seed).permutation(n_cells)
-    n_train = (
-        n_cells if train_size >= 1.0 else min(n_cells - 1, math.ceil(train_size * n_cells))
-    )
+    n_train = n_cells if train_size >= 1.0 else min(n_cells - 1, math.ceil(train_size * n_cells))
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
@@ -465,8 +463,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
         out = asdict(self)
-        out["devices"] = out["devices"] if isinstance(out["devices"], int | str) else list(
-            out["devices"]
+        out["devices"] = (
+            out["devices"] if isinstance(out["devices"], int | str) else list(out["devices"])
         )
         return out
 

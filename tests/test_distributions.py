@@ -239,6 +239,7 @@ def test_sparse_sums_at_extremes_match_the_exact_reference() -> None:
 
 def test_module_sparse_and_dense_likelihoods_agree() -> None:
     from scvae.distributions import NonZeros
+    from scvae.minibatch import Minibatch
     from scvae.module.vae import VAEModule
 
     torch.manual_seed(0)
@@ -251,8 +252,74 @@ def test_module_sparse_and_dense_likelihoods_agree() -> None:
             module = VAEModule(
                 30, 2, torch.zeros(2), torch.ones(2), likelihood=likelihood, dispersion=dispersion
             ).eval()
-            inf = module.inference(x, batch, n_samples=4)
-            gen = module.generative(inf.z, inf.log_library, batch)
-            dense = module.log_likelihood(x, gen)
-            sparse = module.log_likelihood(x, gen, nz=NonZeros.from_dense(x))
+            inf = module.inference(Minibatch.from_dense(x, batch), n_samples=4)
+            px = module.generative(inf.z, inf.log_library, batch)
+            dense = px.log_likelihood(x)
+            sparse = px.log_likelihood(None, nz=NonZeros.from_dense(x))
             torch.testing.assert_close(sparse, dense, rtol=2e-5, atol=2e-3)
+
+
+# ----------------------------------------------------------------- observation-model classes
+def _observations(G: int = 7, N: int = 5) -> dict:
+    from scvae.distributions import NB, ZINB, Gaussian, Poisson
+
+    g = torch.Generator().manual_seed(11)
+    log_mu = torch.randn(N, G, generator=g, dtype=torch.float64)
+    # theta >= ~1: the sample variance of heavier-tailed NBs needs far more draws
+    log_theta = 1.0 + 0.5 * torch.randn(G, generator=g, dtype=torch.float64)
+    zi = torch.randn(N, G, generator=g, dtype=torch.float64)
+    return {
+        "poisson": Poisson(log_mu),
+        "nb": NB(log_mu, log_theta),
+        "zinb": ZINB(log_mu, log_theta, zi),
+        "gaussian": Gaussian(log_mu, log_theta),
+    }
+
+
+@pytest.mark.parametrize("name", ["poisson", "nb", "zinb", "gaussian"])
+def test_observation_model_mean_and_variance_match_samples(name: str) -> None:
+    """Monte-Carlo moments of ``sample()`` agree with ``mean`` and ``variance``."""
+    px = _observations()[name]
+    torch.manual_seed(0)
+    draws = torch.stack([px.sample() for _ in range(20000)])  # (S, N, G)
+    torch.testing.assert_close(draws.mean(0), px.mean, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(draws.var(0), px.variance, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("name", ["poisson", "nb", "zinb", "gaussian"])
+def test_observation_model_sparse_sum_equals_dense_log_prob(name: str) -> None:
+    from scvae.distributions import NonZeros
+
+    px = _observations()[name]
+    torch.manual_seed(1)
+    x = px.sample().round().clamp_min(0)  # counts (Gaussian: any non-negative values)
+    nz = NonZeros.from_dense(x)
+    if name == "gaussian":
+        nz = NonZeros(nz.row, nz.col, nz.x, torch.zeros(x.shape[0], dtype=x.dtype), x.shape[0])
+    torch.testing.assert_close(px.log_likelihood(None, nz=nz), px.log_prob(x).sum(-1))
+    assert px.log_likelihood(x).shape == (x.shape[0],)
+
+
+def test_observation_model_lookup_is_the_only_name_comparison() -> None:
+    from scvae.distributions import NB, ZINB, Gaussian, Poisson, observation_model
+
+    assert [observation_model(n) for n in ("zinb", "nb", "poisson", "gaussian")] == [
+        ZINB,
+        NB,
+        Poisson,
+        Gaussian,
+    ]
+    with pytest.raises(ValueError, match="likelihood='zip' is not one of zinb, nb, poisson"):
+        observation_model("zip")
+    import pathlib
+
+    import scvae
+
+    root = pathlib.Path(scvae.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if any(f'== "{n}"' in path.read_text() for n in ("zinb", "nb", "poisson", "gaussian"))
+        or any("likelihood == " in line for line in path.read_text().splitlines())
+    ]
+    assert offenders == []

@@ -9,15 +9,11 @@ import torch
 from anndata import AnnData
 
 import scvae
-from scvae.data import CSRMinibatches
 from scvae.distributions import NonZeros
-from scvae.models._vae import (
-    SPARSE_INPUT_MAX_DENSITY,
-    SPARSE_INPUT_MIN_GENES,
-    sparse_input_pays,
-)
+from scvae.minibatch import CSRMinibatches, Minibatch
 from scvae.module.vae import VAEModule
 from scvae.nn import CovariateLinear, SparseInput
+from scvae.train import SPARSE_INPUT_MAX_DENSITY, SPARSE_INPUT_MIN_GENES, sparse_input_pays
 
 
 def _sparse_counts(n_cells: int = 24, n_genes: int = 40, seed: int = 0) -> torch.Tensor:
@@ -58,7 +54,7 @@ def test_module_loss_same_with_sparse_encoder_input(likelihood: str, library: st
     for sparse, x_in in [(False, x), (True, x), (True, None)]:
         module.sparse_input = sparse
         torch.manual_seed(3)  # the same posterior draw
-        loss = module.loss(x_in, batch, nz=nz).loss
+        loss = module.loss(Minibatch(x_in, batch, nz)).loss
         losses.append(loss)
         grads.append(torch.autograd.grad(loss, list(module.parameters()), allow_unused=True))
     for other, other_grads in zip(losses[1:], grads[1:], strict=True):
@@ -73,7 +69,9 @@ def test_loader_without_dense_counts_serves_the_same_non_zeros(sim: AnnData) -> 
     cells = np.arange(50)
     dense = CSRMinibatches(model._data, cells, batch_size=16, shuffle=False)
     lean = CSRMinibatches(model._data, cells, batch_size=16, shuffle=False, dense=False)
-    for (x, b, _nz), (x_lean, b_lean, nz_lean) in zip(dense, lean, strict=True):
+    for full, part in zip(dense, lean, strict=True):
+        x, b = full.x, full.batch_index
+        x_lean, b_lean, nz_lean = part.x, part.batch_index, part.nz
         assert x_lean is None
         torch.testing.assert_close(b_lean, b)
         rebuilt = torch.zeros_like(x)
@@ -95,7 +93,7 @@ def test_fit_with_sparse_input_is_seeded_and_matches_dense(
     sim: AnnData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same seed gives the same fit; forcing either path gives the same ELBO within noise."""
-    import scvae.models._vae as vae_models
+    import scvae.train as vae_models
 
     results = {}
     monkeypatch.setattr(vae_models, "SPARSE_INPUT_MIN_GENES", 1)
@@ -107,15 +105,3 @@ def test_fit_with_sparse_input_is_seeded_and_matches_dense(
         results.setdefault(threshold, []).append(model.history["train_elbo"].to_numpy())
     np.testing.assert_array_equal(results[1.0][0], results[1.0][1])
     np.testing.assert_allclose(results[0.0][0], results[1.0][0], rtol=1e-3)
-
-
-def test_loaders_share_the_counts_and_log_factorials(sim: AnnData) -> None:
-    """Loaders reuse the validated CSR's memory and one per-cell ``sum lgamma(x + 1)``."""
-    model = scvae.ZINBVAE(sim)
-    data = model._data
-    a = CSRMinibatches(data, np.arange(10), batch_size=4, shuffle=False)
-    b = CSRMinibatches(data, np.arange(10, 20), batch_size=4, shuffle=False)
-    assert a.val.data_ptr() == b.val.data_ptr() == data.X.data.ctypes.data
-    dense = torch.from_numpy(data.X.toarray())
-    expected = NonZeros.from_dense(dense).log_x_factorial
-    torch.testing.assert_close(a.log_x_factorial, expected, rtol=1e-5, atol=1e-3)

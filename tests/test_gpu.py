@@ -26,13 +26,14 @@ def test_fit_and_score_on_cuda(sim) -> None:
 
 
 def test_minibatches_gathered_on_device(sim) -> None:
-    from scvae.data import CSRMinibatches, read_training_data
+    from scvae.data import read_training_data
+    from scvae.minibatch import CSRMinibatches
 
     _, data = read_training_data(sim, layer=None, batch_key="batch")
     loader = CSRMinibatches(data, np.arange(sim.n_obs), batch_size=50, shuffle=False).to("cuda")
-    x, b = next(iter(loader))
-    assert x.is_cuda and b.is_cuda
-    np.testing.assert_array_equal(x.cpu().numpy(), sim.X[:50].toarray())
+    batch = next(iter(loader))
+    assert batch.x.is_cuda and batch.batch_index.is_cuda and batch.nz.x.is_cuda
+    np.testing.assert_array_equal(batch.x.cpu().numpy(), sim.X[:50].toarray())
 
 
 def test_same_seed_same_latent_on_cuda(sim) -> None:
@@ -45,7 +46,8 @@ def test_same_seed_same_latent_on_cuda(sim) -> None:
 
 
 def test_streaming_path_gives_the_same_batches(sim) -> None:
-    from scvae.data import CSRMinibatches, read_training_data
+    from scvae.data import read_training_data
+    from scvae.minibatch import CSRMinibatches
 
     _, data = read_training_data(sim, layer=None, batch_key="batch")
     idx = np.arange(sim.n_obs)
@@ -53,8 +55,8 @@ def test_streaming_path_gives_the_same_batches(sim) -> None:
     streamed = CSRMinibatches(data, idx, batch_size=64, shuffle=True, seed=3).to(
         "cuda", resident=False
     )
-    for (x1, b1, nz1), (x2, b2, nz2) in zip(resident, streamed, strict=True):
-        torch.testing.assert_close(b1, b2)
-        assert x2.is_cuda and nz2.x.is_cuda
-        torch.testing.assert_close(x1, x2)
-        torch.testing.assert_close(nz1.log_x_factorial, nz2.log_x_factorial)
+    for one, two in zip(resident, streamed, strict=True):
+        torch.testing.assert_close(one.batch_index, two.batch_index)
+        assert two.x.is_cuda and two.nz.x.is_cuda
+        torch.testing.assert_close(one.x, two.x)
+        torch.testing.assert_close(one.nz.log_x_factorial, two.nz.log_x_factorial)

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from torch.distributions import Normal, kl_divergence
 
 import scvae
+from scvae.minibatch import Minibatch
 
 
 @pytest.fixture(autouse=True)
@@ -104,8 +105,9 @@ def test_latent_kl_sums_to_the_elbo_kl_term(sim: AnnData, trained) -> None:
     b = torch.as_tensor(data.batch_index)
     module = trained.module.eval()
     with torch.no_grad():
-        kl_z = module.loss(x, b, kl_weight=1.0).kl_z  # (N,)
-        qz = module.inference(x, b).qz
+        batch = Minibatch.from_dense(x, b)
+        kl_z = module.loss(batch, kl_weight=1.0).kl_z  # (N,)
+        qz = module.inference(batch).qz
         per_dim = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale)))
     assert table["kl"].sum() == pytest.approx(float(kl_z.double().mean()), rel=1e-5)
     np.testing.assert_allclose(table["kl"], per_dim.double().mean(0).numpy(), rtol=1e-5)

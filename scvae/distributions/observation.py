@@ -296,6 +296,8 @@ class ZINB(_Dispersed):
         As in :class:`NB`.
     zi_logits
         ([K,] N, G) logits of the zero-inflation gate.
+
+    ``mu = exp(log_mu)`` is the mean of the NB component; :attr:`mean` is ``(1 - pi) mu``.
     """
 
     log_mu: torch.Tensor
@@ -315,7 +317,7 @@ class ZINB(_Dispersed):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Element-wise log-pmf."""
-        return log_zinb(x, self.mean, self.theta, self.zi_logits)
+        return log_zinb(x, torch.exp(self.log_mu), self.theta, self.zi_logits)
 
     def log_prob_sum(self, nz: NonZeros) -> torch.Tensor:
         """Per-cell log-pmf from the non-zeros."""
@@ -323,7 +325,7 @@ class ZINB(_Dispersed):
 
     def sample(self) -> torch.Tensor:
         """NB draws replaced by zeros where the gate fires."""
-        return sample_zinb(self.mean, self.theta, self.zi_logits)
+        return sample_zinb(torch.exp(self.log_mu), self.theta, self.zi_logits)
 
     @property
     def mean(self) -> torch.Tensor:

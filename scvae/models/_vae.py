@@ -4,7 +4,7 @@ The path through the code: the AnnData boundary (:mod:`scvae.data`) validates th
 model builds a :class:`~scvae.module.vae.VAEModule` from its :class:`VAEConfig`,
 :func:`scvae.train.train_vae` fits it with Lightning, and the getters below run the trained
 module over :class:`~scvae.minibatch.Minibatch` chunks and write results back into AnnData.
-This file never imports Lightning.
+This file never imports Lightning (``fit`` imports :mod:`scvae.train` when it runs).
 """
 
 from __future__ import annotations
@@ -26,17 +26,16 @@ from scvae.data import (
     check_writable,
     latent_slots,
     library_log_prior,
-    log_normalize,
     read_query_data,
     read_training_data,
 )
+from scvae.distributions import ObservationModel, observation_model
 from scvae.minibatch import CSRMinibatches, Minibatch
 from scvae.models._io import SavedModel
 from scvae.models._vae_config import VAEConfig
 from scvae.module.vae import VAEModule
-from scvae.train import TrainConfig, TrainingDivergedError, train_vae
 
-__all__ = ["NBVAE", "ZINBVAE", "GaussianVAE", "PoissonVAE", "VAEConfig", "VAEModel"]
+__all__ = ["VAEModel"]
 
 _LOG = logging.getLogger("scvae")
 # Elements of one (K, B, G) intermediate tensor allowed when scoring (bounds scoring memory).
@@ -133,6 +132,11 @@ class VAEModel(SavedModel):
         return self.module is not None
 
     @property
+    def observation(self) -> type[ObservationModel]:
+        """The observation-model class of :attr:`likelihood`, e.g. ``scvae.distributions.ZINB``."""
+        return observation_model(self.likelihood)
+
+    @property
     def var_names(self) -> pd.Index:
         """Genes the model was trained on, in order."""
         return pd.Index(self.setup.var_names)
@@ -217,6 +221,8 @@ class VAEModel(SavedModel):
             The loss became NaN/inf; the message says what probably caused it. The model keeps
             its previous state.
         """
+        from scvae.train import TrainConfig, TrainingDivergedError, train_vae  # Lightning: lazily
+
         data = self._require_training_data()
         config = TrainConfig(
             max_epochs=checks.optional_positive_int("max_epochs", max_epochs),
@@ -544,7 +550,7 @@ class VAEModel(SavedModel):
         x = x.cpu().numpy()
         categories = self.batch_categories
         out = AnnData(
-            X=sp.csr_matrix(x) if module.observation.counts else x,
+            X=sp.csr_matrix(x) if self.observation.counts else x,
             obs=pd.DataFrame(
                 {
                     "batch": pd.Categorical.from_codes(codes.cpu().numpy(), categories),

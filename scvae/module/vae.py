@@ -23,7 +23,6 @@ The ELBO is ``E_q[log p(x | z, l, s)] - KL(q(z) || p(z)) - KL(q(l) || p(l))``; t
 weighted bound (IWAE) uses ``log w = log p(x|z,l) + log p(z) + log p(l) - log q(z) - log q(l)``.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -265,4 +264,3 @@ class VAEModule(nn.Module):
     def iwae_estimate(log_w: torch.Tensor) -> torch.Tensor:
         """``log (1/K) sum_k exp(log w_k)`` over the leading dimension: (N,)."""
         return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
-
