@@ -227,7 +227,7 @@ class VAEModule(nn.Module):
 
     # ----------------------------------------------------------------------------------- loss
     def loss(self, batch: Minibatch, *, kl_weight: float = 1.0) -> LossOutput:
-        """Negative ELBO (KL terms times the warm-up weight), minibatch mean, and per-cell terms.
+        """Negative ELBO (KL(z) times the warm-up weight), minibatch mean, and per-cell terms.
 
         The sparse likelihood (non-zeros only; same value, faster) is used.
         """
@@ -240,7 +240,11 @@ class VAEModule(nn.Module):
             kl_l = kl_divergence(inf.ql, self.library_prior(batch.batch_index)).sum(-1)  # (N,)
         else:
             kl_l = torch.zeros_like(kl_z)
-        loss = torch.mean(-reconstruction + kl_weight * (kl_z + kl_l))
+        # the warm-up weighs KL(z) only, as scVI does: it exists against posterior collapse of
+        # z, while q(l) is anchored at the observed total and its KL to the empirical prior
+        # has nothing to collapse (held-out log p(x) on PBMC 3k: +0.10 +- 0.22 nats/cell
+        # against warming both, 3 seeds; docs/math.md)
+        loss = torch.mean(-reconstruction + kl_weight * kl_z + kl_l)
         return LossOutput(loss=loss, reconstruction=reconstruction, kl_z=kl_z, kl_l=kl_l)
 
     def log_importance_weights(self, batch: Minibatch, *, n_samples: int) -> torch.Tensor:
