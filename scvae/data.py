@@ -258,6 +258,16 @@ def _label_string(value: object) -> str:
     return str(_label_strings(np.asarray([value], dtype=object))[0])
 
 
+def _category_lookup(categories: Sequence[str]) -> dict[str, int]:
+    """Code of each category name; a name saved as ``"2.0"`` by an older scvae (float batch
+    columns were read as ``"2.0"``) also answers to ``"2"``, the name such labels read as now."""
+    lookup = {c: i for i, c in enumerate(categories)}
+    for i, c in enumerate(categories):
+        if c.endswith(".0") and c[:-2].lstrip("-").isdigit():
+            lookup.setdefault(c[:-2], i)
+    return lookup
+
+
 def _obs_labels(column: pd.Series) -> np.ndarray:
     """(N,) object array of the label strings of an ``obs`` column (no missing values)."""
     codes, uniques = pd.factorize(column, sort=False)  # works on categorical, numeric, str
@@ -361,15 +371,14 @@ class DataSetup:
         ValueError
             An unknown batch (the message lists the known ones).
         """
-        name = _label_string(label)
-        try:
-            return self.batch_categories.index(name)
-        except ValueError:
+        code = _category_lookup(self.batch_categories).get(_label_string(label))
+        if code is None:
             known = _listing(self.batch_categories)
             where = f"adata.obs[{self.batch_key!r}]" if self.batch_key else "training"
             raise ValueError(
                 f"Unknown batch {label!r}; the model knows the batches of {where}: {known}."
-            ) from None
+            )
+        return code
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -507,7 +516,7 @@ def _batch_codes(
     labels = _obs_labels(column)
     if categories is None:
         categories = tuple(sorted(set(labels)))
-    lookup = {c: i for i, c in enumerate(categories)}
+    lookup = _category_lookup(categories)
     unseen = sorted(set(labels) - lookup.keys())
     if unseen:
         raise ValueError(

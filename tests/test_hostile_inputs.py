@@ -217,6 +217,20 @@ def test_a_batch_is_named_by_its_label_of_any_type(label, counts: AnnData) -> No
         setup.batch_code(3)
 
 
+def test_float_batch_names_saved_by_older_versions_still_match(counts: AnnData) -> None:
+    """Before, a float column was read as "1.0", "2.0": such saved models keep working."""
+    from scvae.data import DataSetup
+
+    adata = counts.copy()
+    adata.obs["b"] = np.array([1, 2] * (counts.n_obs // 2))
+    setup, cells = read_training_data(adata, layer=None, batch_key="b")
+    old = DataSetup(
+        layer=None, batch_key="b", batch_categories=("1.0", "2.0"), var_names=setup.var_names
+    )
+    assert old.batch_code(2) == old.batch_code("2.0") == 1
+    np.testing.assert_array_equal(read_query_data(adata, old).batch_index, cells.batch_index)
+
+
 def test_obs_names_of_another_dtype_read_the_same(counts: AnnData) -> None:
     _, cells = read_training_data(counts, layer=None, batch_key="batch")
     other = counts.copy()
