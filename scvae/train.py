@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,12 +26,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from torch import nn
 
 from scvae.data import CellData
@@ -156,6 +160,34 @@ class TrainingPlan(pl.LightningModule):
     def warmup_done(self) -> bool:
         """Whether the KL weight has reached 1."""
         return self.global_step >= self.n_steps_kl_warmup
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add what Lightning does not keep: history, elapsed time, the RNG states."""
+        cuda = self.device.type == "cuda"
+        checkpoint["scvae"] = {
+            "history_rows": list(self.history_rows),
+            "elapsed": time.perf_counter() - self._fit_start,
+            "loader_generator": self.train_loader.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved state; it is applied when training (re)starts."""
+        self._resume_state = checkpoint.get("scvae")
+
+    def on_train_start(self) -> None:
+        """On a resumed fit: history, clock and every RNG exactly where the checkpoint was."""
+        state = getattr(self, "_resume_state", None)
+        if state is None:
+            return
+        self.history_rows = list(state["history_rows"])
+        self._fit_start = time.perf_counter() - state["elapsed"]
+        self.train_loader.generator.set_state(state["loader_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self._resume_state = None
 
     def on_fit_start(self) -> None:
         """Choose the input path for the device, move the counts there once, start the clock."""
@@ -301,6 +333,22 @@ class EarlyStoppingAfterWarmup(pl.Callback):
         self.best_epoch: int | None = None
         self.wait = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the best value, its epoch and weights, the wait."""
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best = state_dict["best"]
+        self.best_epoch = state_dict["best_epoch"]
+        self.wait = state_dict["wait"]
+        self.best_state = state_dict["best_state"]
+
     def on_validation_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         """Check this epoch's logged validation ELBO."""
         value = trainer.callback_metrics.get(self.monitor)
@@ -404,6 +452,77 @@ class StopOnInterrupt(pl.Callback):
         self._trainer = None
 
 
+class EpochCheckpoint(Checkpoint):
+    """Write ``<dirpath>/last.ckpt`` after every epoch, atomically, for :func:`train_vae` to resume.
+
+    The file is Lightning's full checkpoint (weights, optimizer, loop progress, early stopping)
+    plus the plan's history and RNG states and a fingerprint of the fit. It is written beside
+    and renamed into place, so a process killed at any moment leaves the previous checkpoint
+    whole.
+    """
+
+    FILE = "last.ckpt"
+
+    def __init__(self, dirpath: Path, fingerprint: dict[str, Any]) -> None:
+        self.dirpath = Path(dirpath)
+        self.fingerprint = fingerprint
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file."""
+        return self.dirpath / self.FILE
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, plan: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Stamp the fit's fingerprint."""
+        checkpoint["scvae_fingerprint"] = self.fingerprint
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, plan: pl.LightningModule) -> None:
+        """Save (Lightning calls checkpoint callbacks after the plan has recorded the epoch)."""
+        tmp = self.dirpath / f".{self.FILE}.{os.getpid()}.tmp"
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)
+
+
+def _fingerprint(data: CellData, config: TrainConfig, module_options: dict[str, Any]) -> dict:
+    """What must match for a checkpoint to be resumed: options, model and cells."""
+    X = data.X
+    step = max(1, X.nnz // 1_000_000)  # a sample of the values keeps this fast at atlas size
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (X.indptr, X.indices[::step], X.data[::step], data.batch_index):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    options = config.to_dict()
+    for name in ("progress_bar", "accelerator", "devices", "checkpoint_dir"):
+        options.pop(name, None)
+    return {"fit": options, "model": module_options, "cells": digest.hexdigest()}
+
+
+def _resumable(directory: Path, fingerprint: dict[str, Any]) -> Path | None:
+    """The checkpoint in ``directory`` to resume, None if there is none; refuse another fit's."""
+    path = directory / EpochCheckpoint.FILE
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"checkpoint_dir={str(directory)!r} is a file, not a directory.")
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)["scvae_fingerprint"]
+    except Exception as err:
+        raise ValueError(
+            f"{path} is damaged or not an scvae checkpoint ({type(err).__name__}: {err}). "
+            "Delete it to train from the start."
+        ) from err
+    if saved != fingerprint:
+        differ = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+        detail = {"fit": "fit options", "model": "model options", "cells": "cells"}
+        raise ValueError(
+            f"{path} is the checkpoint of another fit (different "
+            f"{', '.join(detail[k] for k in differ)}); it cannot be resumed with these. Use "
+            "another checkpoint_dir, or delete the file to train from the start."
+        )
+    return path
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(module: nn.Module, loader: CSRMinibatches) -> None:
     """Recompute every BatchNorm's running statistics exactly for the final weights.
@@ -459,6 +578,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     progress_bar: bool = True
+    checkpoint_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -522,6 +642,7 @@ def train_vae(
     config: TrainConfig,
     *,
     callbacks: Sequence[pl.Callback] = (),
+    model_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fit a VAE module on validated cells by maximizing the ELBO.
 
@@ -536,10 +657,19 @@ def train_vae(
         The fit options.
     callbacks
         Extra Lightning callbacks (they see the :class:`TrainingPlan`).
+    model_options
+        The model's options, part of the fingerprint that a checkpoint must match.
 
     Returns
     -------
     TrainResult
+
+    Notes
+    -----
+    With ``config.checkpoint_dir`` the fit writes ``last.ckpt`` there after every epoch and,
+    when the file exists and belongs to the same fit (options, model and cells), resumes from
+    it: with the same seed on the same machine the result is the one an uninterrupted fit
+    gives. The file is removed when the fit completes (kept when it was interrupted).
 
     Raises
     ------
@@ -576,6 +706,13 @@ def train_vae(
         n_steps_kl_warmup=n_steps_kl_warmup,
     )
     stopper = EarlyStoppingAfterWarmup(patience=config.patience) if early_stopping else None
+    checkpoint, resume = None, None
+    if config.checkpoint_dir is not None:
+        directory = Path(config.checkpoint_dir)
+        fingerprint = _fingerprint(data, config, model_options or {})
+        resume = _resumable(directory, fingerprint)
+        directory.mkdir(parents=True, exist_ok=True)
+        checkpoint = EpochCheckpoint(directory, fingerprint)
     interrupt = StopOnInterrupt()
     bar = config.progress_bar and sys.stderr.isatty()
     lines = [EpochLines(max_epochs=max_epochs)] if config.progress_bar and not bar else []
@@ -585,21 +722,29 @@ def train_vae(
             accelerator=config.accelerator,
             devices=1 if config.devices == "auto" else config.devices,
             logger=False,
-            enable_checkpointing=False,
+            enable_checkpointing=checkpoint is not None,
             enable_model_summary=False,
             enable_progress_bar=bar,
-            callbacks=[*([stopper] if stopper else []), interrupt, *lines, *callbacks],
+            callbacks=[
+                *([stopper] if stopper else []),
+                *([checkpoint] if checkpoint else []),
+                interrupt,
+                *lines,
+                *callbacks,
+            ],
             num_sanity_val_steps=0,
             limit_val_batches=1.0 if val_loader is not None else 0,
             deterministic=False,
             gradient_clip_val=None,
         )
         try:
-            trainer.fit(plan)
+            trainer.fit(plan, ckpt_path=resume, weights_only=False)
         except TrainingDivergedError as err:
             raise TrainingDivergedError(str(err)) from None
         finally:
             interrupt.restore()
+    if checkpoint is not None and not interrupt.interrupted:
+        checkpoint.path.unlink(missing_ok=True)  # the fit is complete: nothing to resume
     device = plan.device
     module.to(device)
     recalibrate_batchnorm(module, train_loader.to(device))
@@ -623,6 +768,7 @@ def train_vae(
         "early_stopping": early_stopping,
         "n_steps_kl_warmup": n_steps_kl_warmup,
         "interrupted": interrupt.interrupted,
+        "resumed": resume is not None,
         "device": str(device),
     }
     return TrainResult(

@@ -10,6 +10,7 @@ This file never imports Lightning (``fit`` imports :mod:`scvae.train` when it ru
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -55,6 +56,7 @@ _RECORDED = (
     "seed",
     "device",
     "interrupted",
+    "resumed",
 )
 
 
@@ -171,6 +173,7 @@ class VAEModel(SavedModel):
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         progress_bar: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
         callbacks: Sequence[Any] = (),
     ) -> VAEModel:
         """Fit by maximizing the ELBO with amortized, reparameterized minibatch VI.
@@ -207,6 +210,12 @@ class VAEModel(SavedModel):
             Lightning's; "auto" uses one GPU when present, else the CPU.
         progress_bar
             Show progress: a bar on a terminal, else one line per few epochs on stderr.
+        checkpoint_dir
+            Directory for a checkpoint written after every epoch (``last.ckpt``). If it holds
+            one of the same fit (options, model and cells), training resumes from it: after a
+            crash or ``kill -9``, the same call continues where it stopped and, with the same
+            seed on the CPU, ends with the weights of an uninterrupted fit. A checkpoint of
+            another fit is refused. The file is removed when the fit completes.
         callbacks
             Extra Lightning callbacks (they see the :class:`~scvae.train.TrainingPlan`).
 
@@ -239,13 +248,18 @@ class VAEModel(SavedModel):
             accelerator=accelerator,
             devices=devices,
             progress_bar=bool(progress_bar),
+            checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
         )
         log_mean, log_var = library_log_prior(
             data.library_size, data.batch_index, self.setup.n_batch
         )
         try:
             result = train_vae(
-                lambda: self._build_module(log_mean, log_var), data, config, callbacks=callbacks
+                lambda: self._build_module(log_mean, log_var),
+                data,
+                config,
+                callbacks=callbacks,
+                model_options={"model": type(self).__name__, **self.config.to_dict()},
             )
         except TrainingDivergedError as err:
             raise TrainingDivergedError(str(err)) from None
