@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from torch import nn
 
 from scvae.data import CellData
-from scvae.minibatch import CSRMinibatches, Minibatch
+from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
 
 __all__ = [
     "EarlyStoppingAfterWarmup",
@@ -48,15 +48,9 @@ __all__ = [
     "default_max_epochs",
     "kl_weight",
     "recalibrate_batchnorm",
-    "sparse_input_pays",
     "split_cells",
     "train_vae",
 ]
-
-#: Largest fraction of non-zero counts at which the encoders read their input sparsely on the
-#: CPU, and the fewest genes (``benchmarks/sparse_input.py`` measured the crossover).
-SPARSE_INPUT_MAX_DENSITY = 0.1
-SPARSE_INPUT_MIN_GENES = 8000
 
 
 class TrainingDivergedError(RuntimeError):
@@ -92,24 +86,6 @@ def split_cells(n_cells: int, train_size: float, seed: int) -> tuple[np.ndarray,
     perm = np.random.default_rng(seed).permutation(n_cells)
     n_train = n_cells if train_size >= 1.0 else min(n_cells - 1, math.ceil(train_size * n_cells))
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
-
-
-def sparse_input_pays(data: CellData, device: torch.device) -> bool:
-    """Whether the encoders' first layer should read the counts by their non-zeros.
-
-    On the CPU a sparse product costs ``nnz`` row gathers against ``G`` multiply-adds per cell
-    for the dense one. Measured on PBMC 3k (about 5-7 % non-zeros): 1.16x faster per training
-    step with all 16.6k genes, on par with 1 thread and 0.88x with 2 threads at 2,000 genes
-    (the gather does not parallelize as well as the dense product). So: sparse for many genes
-    at low density. On a GPU the dense product is so fast that the gather does not pay.
-    """
-    n_cells, n_genes = data.X.shape
-    density = data.X.nnz / max(n_cells * n_genes, 1)
-    return bool(
-        device.type == "cpu"
-        and density <= SPARSE_INPUT_MAX_DENSITY
-        and n_genes >= SPARSE_INPUT_MIN_GENES
-    )
 
 
 # ------------------------------------------------------------------------------ the plan

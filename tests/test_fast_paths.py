@@ -10,10 +10,15 @@ from anndata import AnnData
 
 import scvae
 from scvae.distributions import NonZeros
-from scvae.minibatch import CSRMinibatches, Minibatch
+from scvae.minibatch import (
+    SPARSE_INPUT_MAX_DENSITY,
+    SPARSE_INPUT_MIN_GENES,
+    CSRMinibatches,
+    Minibatch,
+    sparse_input_pays,
+)
 from scvae.module.vae import VAEModule
 from scvae.nn import CovariateLinear, SparseInput
-from scvae.train import SPARSE_INPUT_MAX_DENSITY, SPARSE_INPUT_MIN_GENES, sparse_input_pays
 
 
 def _sparse_counts(n_cells: int = 24, n_genes: int = 40, seed: int = 0) -> torch.Tensor:
@@ -93,7 +98,7 @@ def test_fit_with_sparse_input_is_seeded_and_matches_dense(
     sim: AnnData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same seed gives the same fit; forcing either path gives the same ELBO within noise."""
-    import scvae.train as vae_models
+    import scvae.minibatch as vae_models
 
     results = {}
     monkeypatch.setattr(vae_models, "SPARSE_INPUT_MIN_GENES", 1)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
 from helpers import assert_adata_unchanged, snapshot
 
@@ -468,3 +469,116 @@ def test_evaluate_options_are_refused_by_name(counts: AnnData) -> None:
     ]:
         with pytest.raises(error, match=option):
             scvae.tl.evaluate(adata, **kwargs, **{option: value})
+
+
+# ------------------------------------------------------------------------------- the VAEs
+@pytest.fixture(scope="module")
+def vae() -> scvae.ZINBVAE:
+    adata = scvae.datasets.simulate(n_cells=90, n_genes=25, n_batches=2, seed=5)
+    return scvae.ZINBVAE(adata, batch_key="batch", n_hidden=8, n_latent=2).fit(
+        max_epochs=np.int64(2), batch_size=np.int64(32), progress_bar=False
+    )
+
+
+def test_vae_options_accept_numpy_integers(vae: scvae.ZINBVAE) -> None:
+    assert vae.training["max_epochs"] == 2 and type(vae.training["batch_size"]) is int
+    model = scvae.NBVAE(_sim(), n_latent=np.int64(3))
+    assert type(model.config.n_latent) is int
+    assert vae.elbo(n_samples=np.int64(2)).shape == (90,)
+
+
+def _sim() -> AnnData:
+    return scvae.datasets.simulate(n_cells=90, n_genes=25, n_batches=2, seed=5)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "name"),
+    [
+        (lambda m: m.elbo(n_samples=0), ValueError, "n_samples"),
+        (lambda m: m.elbo(n_samples=-1), ValueError, "n_samples"),
+        (lambda m: m.elbo(n_samples=2.5), TypeError, "n_samples"),
+        (lambda m: m.marginal_log_likelihood(n_samples=0), ValueError, "n_samples"),
+        (lambda m: m.sample(n_samples=True), TypeError, "n_samples"),
+        (lambda m: m.get_latent(batch_size=0), ValueError, "batch_size"),
+        (lambda m: m.generate(0), ValueError, "n_cells"),
+        (lambda m: m.get_normalized_expression(n_samples="3"), TypeError, "n_samples"),
+        (lambda m: m.fit(max_epochs=2.5), TypeError, "max_epochs"),
+        (lambda m: m.fit(max_epochs="64"), TypeError, "max_epochs"),
+        (lambda m: m.fit(batch_size=True), TypeError, "batch_size"),
+        (lambda m: m.fit(batch_size=1), ValueError, "batch_size"),
+        (lambda m: m.fit(patience=0), ValueError, "patience"),
+        (lambda m: m.fit(train_size=0.0), ValueError, "train_size"),
+        (lambda m: m.fit(train_size=1.5), ValueError, "train_size"),
+        (lambda m: m.fit(lr=-1.0), ValueError, "lr"),
+        (lambda m: m.fit(seed=1.5), TypeError, "seed"),
+    ],
+)
+def test_vae_options_are_refused_by_name(vae: scvae.ZINBVAE, call, error, name) -> None:
+    weights = {k: v.clone() for k, v in vae.module.state_dict().items()}
+    with pytest.raises(error, match=name):
+        call(vae)
+    for key, value in vae.module.state_dict().items():  # a refused fit changes nothing
+        torch.testing.assert_close(value, weights[key])
+
+
+def test_vae_constructor_options_are_refused_by_name() -> None:
+    adata = _sim()
+    for kwargs, error, name in [
+        ({"n_latent": 2.0}, TypeError, "n_latent"),
+        ({"n_hidden": "64"}, TypeError, "n_hidden"),
+        ({"n_layers": True}, TypeError, "n_layers"),
+        ({"dropout_rate": 1.0}, ValueError, "dropout_rate"),
+        ({"dispersion": "cell"}, ValueError, "dispersion"),
+    ]:
+        with pytest.raises(error, match=name):
+            scvae.ZINBVAE(adata, **kwargs)
+
+
+def test_vae_seed_none_is_random_and_recorded() -> None:
+    adata = _sim()
+    model = scvae.NBVAE(adata, n_hidden=8, n_latent=2).fit(
+        max_epochs=2, seed=None, progress_bar=False
+    )
+    seed = model.training["seed"]
+    assert isinstance(seed, int)
+    again = scvae.NBVAE(adata, n_hidden=8, n_latent=2).fit(
+        max_epochs=2, seed=seed, progress_bar=False
+    )
+    np.testing.assert_array_equal(model.get_latent(), again.get_latent())
+
+
+@pytest.mark.parametrize("kind", ["int", "float", "categorical-int"])
+def test_numeric_batch_columns_work_everywhere(kind: str, tmp_path) -> None:
+    adata = _sim()
+    codes = adata.obs["batch"].cat.codes.to_numpy() + 1  # batches 1 and 2
+    adata.obs["batch"] = {
+        "int": codes,
+        "float": codes.astype(float),
+        "categorical-int": pd.Categorical(codes),
+    }[kind]
+    model = scvae.ZINBVAE(adata, batch_key="batch", n_hidden=8, n_latent=2)
+    model.fit(max_epochs=2, progress_bar=False)
+    generated = model.generate(5, batch=2)
+    assert list(generated.obs["batch"].astype(str)) == ["2"] * 5
+    assert model.generate(3, batch=np.int64(1)).n_obs == 3
+    assert model.generate(2, batch=[1, 2.0]).n_obs == 2
+    corrected = model.get_normalized_expression(transform_batch=2)
+    np.testing.assert_allclose(
+        corrected, model.get_normalized_expression(transform_batch="2"), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="Unknown batch 3"):
+        model.generate(2, batch=3)
+    model.save(tmp_path / "m")
+    loaded = scvae.ZINBVAE.load(tmp_path / "m", adata)
+    np.testing.assert_allclose(loaded.get_latent(), model.get_latent(), rtol=1e-6)
+
+
+def test_vae_save_with_numpy_options_is_whole(tmp_path) -> None:
+    adata = _sim()
+    model = scvae.ZINBVAE(adata, n_latent=np.int64(2), n_hidden=np.int64(8))
+    model.fit(max_epochs=np.int64(2), lr=np.float32(1e-3), seed=np.int64(3), progress_bar=False)
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.pt"]
+    loaded = scvae.models.VAEModel.load(tmp_path / "m", adata)
+    assert type(loaded) is scvae.ZINBVAE and loaded.training == model.training
+    np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())

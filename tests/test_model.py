@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from helpers import assert_adata_unchanged
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
@@ -86,15 +88,55 @@ def test_query_new_cells_and_views(trained, sim) -> None:
 
 def test_normalized_expression_and_batch_correction(trained, sim) -> None:
     expr = trained.get_normalized_expression(library_size=1e4)
-    assert expr.shape == sim.shape
+    assert isinstance(expr, pd.DataFrame) and expr.shape == sim.shape
+    assert list(expr.index) == list(sim.obs_names) and list(expr.columns) == list(sim.var_names)
+    assert expr.dtypes.unique().tolist() == [np.float32]
     np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-4)
     b0 = trained.get_normalized_expression(transform_batch="batch0")
     b1 = trained.get_normalized_expression(transform_batch="batch1")
     in0 = (sim.obs["batch"] == "batch0").to_numpy()
     np.testing.assert_allclose(b0[in0], expr[in0], rtol=1e-4, atol=1e-3)
     assert not np.allclose(b0, b1)
+    both = trained.get_normalized_expression(transform_batch=["batch0", "batch1"])
+    np.testing.assert_allclose(both, (b0 + b1) / 2, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="Unknown batch 'nope'"):
         trained.get_normalized_expression(transform_batch="nope")
+
+
+def test_normalized_expression_options(trained, sim) -> None:
+    genes = list(sim.var_names[[3, 0, 7]])
+    full = trained.get_normalized_expression()
+    subset = trained.get_normalized_expression(gene_list=genes, batch_size=7)
+    assert list(subset.columns) == genes
+    np.testing.assert_allclose(subset, full[genes], rtol=1e-5, atol=1e-5)
+    with pytest.raises(KeyError, match="not trained on: 'nope'"):
+        trained.get_normalized_expression(gene_list=["nope"])
+    # several posterior draws average near the posterior-mean decoding, and are seeded
+    drawn = trained.get_normalized_expression(n_samples=30, seed=1)
+    again = trained.get_normalized_expression(n_samples=30, seed=1)
+    pd.testing.assert_frame_equal(drawn, again)
+    assert (
+        np.corrcoef(np.log1p(drawn.to_numpy()).ravel(), np.log1p(full.to_numpy()).ravel())[0, 1]
+        > 0.95
+    )
+    # the latent library: expected counts, totals near each cell's observed library
+    counts = trained.get_normalized_expression(library_size="latent")
+    observed = np.asarray(sim.X.sum(1)).ravel()
+    ratio = counts.sum(1).to_numpy() / observed
+    assert 0.5 < np.median(ratio) < 2.0
+    with pytest.raises(ValueError, match="library_size must be a number or 'latent'"):
+        trained.get_normalized_expression(library_size="observed")
+    # written to a layer: every gene, nothing returned, nothing else changed
+    adata = sim.copy()
+    before = adata.copy()
+    assert trained.get_normalized_expression(adata, layer="denoised") is None
+    np.testing.assert_allclose(adata.layers["denoised"], full.to_numpy(), rtol=1e-5, atol=1e-5)
+    del adata.layers["denoised"]
+    assert_adata_unchanged(before, adata)
+    with pytest.raises(ValueError, match="pass the adata"):
+        trained.get_normalized_expression(layer="denoised")
+    with pytest.raises(ValueError, match="is a view"):
+        trained.get_normalized_expression(sim[:10], layer="denoised")
 
 
 def test_sample_and_generate(trained, sim) -> None:

@@ -31,7 +31,7 @@ from scvae.data import (
     read_training_data,
 )
 from scvae.distributions import ObservationModel, observation_model
-from scvae.minibatch import CSRMinibatches, Minibatch
+from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
 from scvae.models._io import SavedModel
 from scvae.models._vae_config import VAEConfig
 from scvae.module.vae import VAEModule
@@ -98,11 +98,13 @@ class VAEModel(SavedModel):
             adata, layer=layer, batch_key=batch_key, counts=counts, nonnegative=counts
         )
         self._init_state(setup, config, data=self._transform(data, config))
+        self._obs_names = pd.Index(adata.obs_names)
 
     def _init_state(self, setup: DataSetup, config: VAEConfig, *, data: CellData | None) -> None:
         self.setup = setup
         self.config = config
         self._data = data
+        self._obs_names: pd.Index | None = None  # of the training (or default) cells
         self.module: VAEModule | None = None
         self.history = pd.DataFrame()
         self.training: dict[str, Any] = {}
@@ -296,11 +298,19 @@ class VAEModel(SavedModel):
         return self._transform(data, self.config)
 
     def _minibatches(self, data: CellData, batch_size: int) -> Iterator[Minibatch]:
-        """The cells in order, as minibatches on the model's device, module in eval mode."""
-        self._trained_module().to(self.device).eval()
+        """The cells in order, as minibatches on the model's device, module in eval mode.
+
+        The encoders read the counts by their non-zeros where that is faster (as in training).
+        """
+        module = self._trained_module().to(self.device).eval()
         batch_size = checks.positive_int("batch_size", batch_size)
+        module.sparse_input = sparse_input_pays(data, self.device)
         loader = CSRMinibatches(
-            data, np.arange(data.X.shape[0]), batch_size=batch_size, shuffle=False
+            data,
+            np.arange(data.X.shape[0]),
+            batch_size=batch_size,
+            shuffle=False,
+            dense=not module.sparse_input,  # the encoders and likelihoods read the non-zeros
         ).to(self.device)
         yield from loader
 
@@ -409,42 +419,117 @@ class VAEModel(SavedModel):
         self,
         adata: AnnData | None = None,
         *,
+        gene_list: Sequence[str] | None = None,
         transform_batch: Any = None,
-        library_size: float = 1e4,
+        library_size: float | Literal["latent"] = 1e4,
+        n_samples: int = 1,
+        layer: str | None = None,
         batch_size: int = 256,
-    ) -> np.ndarray:
-        """Denoised expression ``library_size * rho(z, s)`` at the posterior mean of ``z``.
+        seed: int = 0,
+    ) -> pd.DataFrame | None:
+        """Denoised expression: ``library_size * rho(z, s)``, averaged over posterior draws.
 
         For :class:`GaussianVAE` it is the decoded mean ``mu(z, s)`` in its input space
-        (log-normalized by default) and ``library_size`` is ignored.
+        (log-normalized by default) and ``library_size`` does not apply.
 
         Parameters
         ----------
         adata
             Cells (None: the training data).
+        gene_list
+            Genes to return (names of :attr:`var_names`); None: all.
         transform_batch
             Decode every cell as if it came from this batch (a label as in
-            ``adata.obs[batch_key]``, string or number): batch-corrected expression. None
-            decodes each cell with its own batch.
+            ``adata.obs[batch_key]``, string or number), or from each of several batches and
+            average: batch-corrected expression. None decodes each cell with its own batch.
         library_size
-            Scale of the proportions ``rho`` (1e4: counts per 10k).
+            Scale of the proportions ``rho``: a number (1e4: counts per 10k), or ``"latent"``
+            for each cell's own library (posterior mean of ``l``, or the observed total when
+            ``library="observed"``): the expected counts ``mu``.
+        n_samples
+            1: decode the posterior mean of ``z``. More: average over that many draws of
+            ``z ~ q(z | x, s)`` (and of ``l`` with ``library_size="latent"``).
+        layer
+            Write the result to ``adata.layers[layer]`` (float32, every gene) instead of
+            returning it; ``adata`` must then be given and not be a view.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass: memory is the output plus one chunk of this many cells.
+        seed
+            Seeds the draws when ``n_samples > 1``.
 
         Returns
         -------
-        np.ndarray
-            (n_cells, n_genes) float32.
+        pandas.DataFrame or None
+            Cells x genes, float32, indexed by ``obs_names`` with the gene names as columns;
+            None when written to ``layer``.
         """
         module = self._trained_module()
+        n_samples = checks.positive_int("n_samples", n_samples)
+        if layer is not None:
+            if adata is None:
+                raise ValueError("layer= writes into adata.layers: pass the adata to write to.")
+            if gene_list is not None:
+                raise ValueError("A layer holds every gene: pass gene_list=None with layer=.")
+            check_writable(adata)
+        genes = self._gene_positions(gene_list)
+        if isinstance(library_size, str) and library_size != "latent":
+            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}.")
+        if not isinstance(library_size, str):
+            checks.fraction("library_size", library_size, low=0.0, high=np.inf, include_low=False)
         data = self._cells(adata)
-        code = None if transform_batch is None else self.setup.batch_code(transform_batch)
-        chunks = []
-        for batch in self._minibatches(data, batch_size):
-            z = module.inference(batch).qz.loc  # (B, L)
-            b = batch.batch_index if code is None else torch.full_like(batch.batch_index, code)
-            chunks.append(module.denoised(z, b, library_size=library_size).cpu())
-        return torch.cat(chunks).numpy()
+        codes = self._transform_codes(transform_batch)
+        latent_library = library_size == "latent" and module.observation.counts
+        scale = 1.0 if library_size == "latent" else float(library_size)
+        out = np.empty((data.X.shape[0], len(genes)), dtype=np.float32)  # the output itself
+        index = torch.as_tensor(genes, device=self.device)
+        start = 0
+        with _seeded(seed, self.device):
+            for batch in self._minibatches(data, batch_size):
+                posterior = module.encode(batch)
+                decode_as = [batch.batch_index] if not codes else [
+                    batch.batch_index.new_full((batch.n_cells,), code) for code in codes
+                ]  # fmt: skip
+                total = torch.zeros(batch.n_cells, len(genes), device=self.device)
+                for _ in range(n_samples):
+                    z, log_l = _posterior_point(module, batch, posterior, draw=n_samples > 1)
+                    for b in decode_as:
+                        expr = module.denoised(z, b, library_size=scale).index_select(-1, index)
+                        total += expr * torch.exp(log_l) if latent_library else expr
+                total /= n_samples * len(decode_as)
+                out[start : start + batch.n_cells] = total.cpu().numpy()
+                start += batch.n_cells
+        if layer is not None:
+            adata.layers[layer] = out
+            return None
+        obs_names = adata.obs_names if adata is not None else self._obs_names
+        return pd.DataFrame(out, index=pd.Index(obs_names), columns=self.var_names[genes])
+
+    def _gene_positions(self, gene_list: Sequence[str] | None) -> np.ndarray:
+        """Positions of ``gene_list`` in :attr:`var_names` (all genes for None)."""
+        if gene_list is None:
+            return np.arange(self.setup.n_genes)
+        names = [gene_list] if isinstance(gene_list, str) else [str(g) for g in gene_list]
+        positions = self.var_names.get_indexer(names)
+        missing = [n for n, p in zip(names, positions, strict=True) if p < 0]
+        if missing:
+            raise KeyError(
+                f"gene_list has {len(missing)} genes the model was not trained on: "
+                f"{', '.join(map(repr, missing[:10]))}{' ...' if len(missing) > 10 else ''}."
+            )
+        return positions
+
+    def _transform_codes(self, transform_batch: Any) -> list[int]:
+        """Batch codes to decode under: [] for each cell's own batch."""
+        if transform_batch is None:
+            return []
+        labels = (
+            [transform_batch]
+            if isinstance(transform_batch, str) or np.ndim(transform_batch) == 0
+            else list(transform_batch)
+        )
+        if not labels:
+            raise ValueError("transform_batch is empty; give a batch, several, or None.")
+        return [self.setup.batch_code(label) for label in labels]
 
     @torch.inference_mode()
     def elbo(
@@ -498,10 +583,15 @@ class VAEModel(SavedModel):
         out = []
         with _seeded(seed, self.device):
             for batch in self._minibatches(data, cells_per_chunk):
+                posterior = module.encode(batch)  # one pass of the encoders for all draws
                 log_w = []
                 for start in range(0, n_samples, samples_per_block):
                     k = min(samples_per_block, n_samples - start)
-                    log_w.append(module.log_importance_weights(batch, n_samples=k).double())
+                    log_w.append(
+                        module.log_importance_weights(
+                            batch, n_samples=k, posterior=posterior
+                        ).double()
+                    )
                 out.append(VAEModule.iwae_estimate(torch.cat(log_w)).cpu())
         return torch.cat(out).numpy()
 
@@ -604,6 +694,7 @@ class VAEModel(SavedModel):
         module.load_state_dict(tensors)
         model.module = module.eval()
         model._data = model._read_query(adata) if adata is not None else None
+        model._obs_names = None if adata is None else pd.Index(adata.obs_names)
         model.training = meta.get("training", meta.get("fit_params", {}))  # older: fit_params
         history = pd.DataFrame(meta["history"])
         model.history = history.set_index("epoch") if "epoch" in history else history
@@ -674,6 +765,19 @@ class VAEModel(SavedModel):
             },
             index=pd.RangeIndex(n_latent, name="dimension"),
         )
+
+
+def _posterior_point(
+    module: VAEModule, batch: Minibatch, posterior: tuple, *, draw: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z`` (B, L) and ``log l`` (B, 1): posterior means, or one draw of each."""
+    if draw:
+        inf = module.inference(batch, posterior=posterior)
+        return inf.z, inf.log_library
+    qz, ql = posterior
+    if ql is not None:
+        return qz.loc, ql.loc
+    return qz.loc, torch.log(module._totals(batch))
 
 
 class _seeded:

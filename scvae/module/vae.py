@@ -153,30 +153,43 @@ class VAEModule(nn.Module):
         return None if name is None else getattr(self, name, None)
 
     # ----------------------------------------------------------------------------- inference
-    def inference(self, batch: Minibatch, *, n_samples: int | None = None) -> Inference:
-        """Encode a minibatch into ``q(z | x, s)`` and ``q(log l | x, s)`` and sample.
+    def encode(self, batch: Minibatch) -> tuple[Normal, Normal | None]:
+        """The amortized posteriors ``q(z | x, s)`` over (N, L) and ``q(log l | x, s)`` over (N, 1).
 
-        With ``n_samples=K`` the samples get a leading dimension ``K``. The encoders read the
-        counts by their non-zeros when :attr:`sparse_input` is set or ``batch.x`` is None.
+        ``q(log l | x, s)`` is None when the library is observed (or absent). The encoders read
+        the counts by their non-zeros when :attr:`sparse_input` is set or ``batch.x`` is None.
         """
-        shape = torch.Size() if n_samples is None else torch.Size([n_samples])
         encoder_input = self._encoder_input(batch)  # (N, G) dense or by its non-zeros
         qz = self.z_encoder(encoder_input, batch.batch_index)  # Normal over (N, L)
+        if self.l_encoder is None or not self.observation.counts:
+            return qz, None
+        # q(log l | x, s) = N(log(1 + sum_g x_g) + m(x, s), v(x, s)): the network learns the
+        # correction to the observed log total, so the posterior is right from the first
+        # step (from zero it needed ~100 epochs to learn a log library of ~8)
+        delta = self.l_encoder(encoder_input, batch.batch_index)  # Normal over (N, 1)
+        return qz, Normal(delta.loc + torch.log1p(self._totals(batch)), delta.scale)
+
+    def inference(
+        self,
+        batch: Minibatch,
+        *,
+        n_samples: int | None = None,
+        posterior: tuple[Normal, Normal | None] | None = None,
+    ) -> Inference:
+        """Encode a minibatch (or take ``posterior`` from :meth:`encode`) and sample ``z``, ``l``.
+
+        With ``n_samples=K`` the samples get a leading dimension ``K``.
+        """
+        shape = torch.Size() if n_samples is None else torch.Size([n_samples])
+        qz, ql = self.encode(batch) if posterior is None else posterior
         z = qz.rsample(shape)  # ([K,] N, L) reparameterised
         n = batch.n_cells
-        if not self.observation.counts:
-            ql = None
-            log_library = torch.zeros(*shape, n, 1, device=qz.loc.device)
-        elif self.l_encoder is not None:
-            # q(log l | x, s) = N(log(1 + sum_g x_g) + m(x, s), v(x, s)): the network learns the
-            # correction to the observed log total, so the posterior is right from the first
-            # step (from zero it needed ~100 epochs to learn a log library of ~8)
-            delta = self.l_encoder(encoder_input, batch.batch_index)  # Normal over (N, 1)
-            ql = Normal(delta.loc + torch.log1p(self._totals(batch)), delta.scale)
+        if ql is not None:
             log_library = ql.rsample(shape)  # ([K,] N, 1)
-        else:
-            ql = None
+        elif self.observation.counts:
             log_library = torch.log(self._totals(batch)).expand((*shape, n, 1))
+        else:
+            log_library = torch.zeros(*shape, n, 1, device=qz.loc.device)
         return Inference(qz=qz, z=z, ql=ql, log_library=log_library)
 
     @staticmethod
@@ -247,12 +260,19 @@ class VAEModule(nn.Module):
         loss = torch.mean(-reconstruction + kl_weight * kl_z + kl_l)
         return LossOutput(loss=loss, reconstruction=reconstruction, kl_z=kl_z, kl_l=kl_l)
 
-    def log_importance_weights(self, batch: Minibatch, *, n_samples: int) -> torch.Tensor:
+    def log_importance_weights(
+        self,
+        batch: Minibatch,
+        *,
+        n_samples: int,
+        posterior: tuple[Normal, Normal | None] | None = None,
+    ) -> torch.Tensor:
         """``log w_k = log p(x, z_k, l_k) - log q(z_k, l_k | x)`` for ``K`` posterior draws: (K, N).
 
-        ``logsumexp(log w, 0) - log K`` is the IWAE estimate of ``log p(x)``.
+        ``logsumexp(log w, 0) - log K`` is the IWAE estimate of ``log p(x)``. ``posterior``
+        (from :meth:`encode`) lets blocks of draws share one pass of the encoders.
         """
-        inf = self.inference(batch, n_samples=n_samples)
+        inf = self.inference(batch, n_samples=n_samples, posterior=posterior)
         px = self.generative(inf.z, inf.log_library, batch.batch_index)
         log_px = px.log_likelihood(batch.x, nz=batch.nz)  # (K, N)
         log_pz = Normal(0.0, 1.0).log_prob(inf.z).sum(-1)  # (K, N)
