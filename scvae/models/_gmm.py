@@ -304,6 +304,13 @@ class GMM(SavedModel):
 
         ``key`` is ``key_added`` or ``"gmm"`` (:func:`scvae.data.cluster_slots`). Nothing else
         is written, and nothing at all if an error is raised.
+
+        Parameters
+        ----------
+        adata
+            The cells to cluster and write into (with the embedding ``use_rep``; not a view).
+        key_added
+            Name of the result; None: ``"gmm"``.
         """
         check_writable(adata)
         obs_key, proba_key, uns_key = cluster_slots(key_added, self.default_key)

@@ -235,6 +235,13 @@ class PPCA(SavedModel):
         ``<key>`` is ``key_added`` or ``"ppca"`` (``key_added="X_pc"`` writes ``obsm["X_pc"]``
         and ``uns["pc"]``, see :func:`scvae.data.latent_slots`). Nothing is written if an
         error is raised.
+
+        Parameters
+        ----------
+        adata
+            The cells to embed and write into (the training genes; not a view).
+        key_added
+            Name of the result; None: ``"ppca"``.
         """
         check_writable(adata)
         obsm_key, uns_key = latent_slots(key_added, self.default_key)

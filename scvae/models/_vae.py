@@ -382,6 +382,15 @@ class VAEModel(SavedModel):
         (``"zinbvae"``, ``"nbvae"``, ``"poissonvae"``); ``key_added="X_scvi"`` writes
         ``obsm["X_scvi"]`` and ``uns["scvi"]``. Nothing else is written, and nothing at all if
         an error is raised.
+
+        Parameters
+        ----------
+        adata
+            The cells to embed and write into (same genes, known batches; not a view).
+        key_added
+            Name of the result (see above); None: the model's default key.
+        give_mean
+            Posterior mean (default) or one draw from ``q(z | x, s)``.
         """
         check_writable(adata)
         obsm_key, uns_key = latent_slots(key_added, self.default_key)
@@ -542,6 +551,17 @@ class VAEModel(SavedModel):
     ) -> np.ndarray:
         """Per-cell ELBO (nats), the reconstruction term averaged over ``n_samples`` draws.
 
+        Parameters
+        ----------
+        adata
+            Cells (same genes, known batches). None: the training data.
+        n_samples
+            Posterior draws averaged per cell (a positive integer).
+        batch_size
+            Cells per forward pass.
+        seed
+            Seeds the draws.
+
         Returns
         -------
         np.ndarray
@@ -568,6 +588,16 @@ class VAEModel(SavedModel):
         ``log (1/K) sum_k p(x, z_k, l_k) / q(z_k, l_k | x)`` with ``K = n_samples`` draws from
         the amortized posterior: a lower bound on ``log p(x)`` that tightens as K grows and is
         at least the ELBO in expectation.
+
+        Parameters
+        ----------
+        adata
+            Cells (same genes, known batches). None: the training data; score held-out cells
+            with ``adata[model.validation_indices]``.
+        n_samples
+            Importance samples ``K`` per cell (a positive integer).
+        seed
+            Seeds the draws.
 
         Returns
         -------
@@ -605,6 +635,17 @@ class VAEModel(SavedModel):
         seed: int = 0,
     ) -> np.ndarray:
         """Posterior predictive counts: ``z, l ~ q(. | x, s)``, then ``x ~ p(x | z, l, s)``.
+
+        Parameters
+        ----------
+        adata
+            Cells (same genes, known batches). None: the training data.
+        n_samples
+            Draws per cell.
+        batch_size
+            Cells per forward pass.
+        seed
+            Seeds the draws.
 
         Returns
         -------

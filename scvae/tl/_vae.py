@@ -6,8 +6,9 @@ the same name and default.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from anndata import AnnData
 
@@ -64,7 +65,9 @@ _FIT_DOC = """max_epochs
     accelerator, devices
         Lightning's; ``"auto"`` trains on one GPU when there is one, else on the CPU.
     progress_bar
-        Show training progress.
+        Show training progress (a bar on a terminal, else a line every few epochs on stderr).
+    checkpoint_dir
+        Write a checkpoint there after every epoch and resume from it (see ``fit``).
 
     See :meth:`scvae.{cls}.fit` for the details."""
 
@@ -120,8 +123,8 @@ def _make_tool(model_class: type[VAEModel]):
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
-        dispersion: str = "gene",
-        library: str = "latent",
+        dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
+        library: Literal["latent", "observed"] = "latent",
         max_epochs: int | None = None,
         batch_size: int = 128,
         lr: float = 1e-3,
@@ -134,6 +137,7 @@ def _make_tool(model_class: type[VAEModel]):
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         progress_bar: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
         key_added: str | None = None,
         copy: bool = False,
         return_model: bool = False,
@@ -167,6 +171,7 @@ def _make_tool(model_class: type[VAEModel]):
                 "accelerator": accelerator,
                 "devices": devices,
                 "progress_bar": progress_bar,
+                "checkpoint_dir": checkpoint_dir,
             },
         )
 
@@ -207,6 +212,7 @@ def gaussianvae(
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = "auto",
     progress_bar: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
     key_added: str | None = None,
     copy: bool = False,
     return_model: bool = False,
@@ -239,6 +245,7 @@ def gaussianvae(
             "accelerator": accelerator,
             "devices": devices,
             "progress_bar": progress_bar,
+            "checkpoint_dir": checkpoint_dir,
         },
     )
 
