@@ -1,326 +1,249 @@
 """Training speed: scvae's ZINBVAE against scvi-tools' SCVI, side by side in one run.
 
-Two measurements, each tool in its own subprocess (so peak memory is its own):
+Two measurements, each fit in its own process (``scvae_worker.py``, ``scvi_worker.py``), timed
+per training epoch by the same Lightning callback (``_common.epoch_clock``):
 
-1. **Throughput at equal settings** (same model: ZINB, gene dispersion, latent library; 10 latent
-   dims, one hidden layer of 128, dropout 0.1; batch size 128; all cells train, no validation):
-   cells/s over the epochs after the first, and peak resident memory, on PBMC 3k (all 16,579
-   genes and 2,000 highly variable genes) and on 30k and 300k cells made by resampling its real
-   cells with binomial thinning (each resampled cell keeps each UMI with a probability drawn
-   from U(0.5, 1), so sparsity stays realistic).
-2. **Time to a held-out ELBO with each tool's defaults** (PBMC 3k, 2,000 HVGs, 10 % of cells
-   held out): both tools' held-out ELBO after every epoch (evaluation time excluded), and the
-   training time each needs to first reach a fixed target, the lower of the two tools' best
-   held-out ELBO.
+1. **Throughput at equal settings** (the same model: ZINB, gene dispersion, latent library;
+   10 latent dims, one hidden layer of 128, dropout 0.1; batch size 128; every cell trains, no
+   validation): cells/s at the median epoch after the first, its range over those epochs, and
+   the peak resident memory, on PBMC 3k (``--genes``: all 16,579 genes, or the N most highly
+   variable; ``--genes 1000 2000 5000 all`` shows where the sparse first layer pays) and on
+   larger sets made by resampling its real cells with binomial thinning (``--sizes``; each
+   resampled cell keeps each UMI with a probability drawn from U(0.5, 1), so sparsity stays
+   realistic). Each size trains ``--epoch-cells`` cells (at least 2 epochs below that many
+   cells, else one), once per ``--threads`` value and ``--repeats`` times (scvae, then scVI).
+2. **Time to a validation ELBO with each tool's defaults** (PBMC 3k, 2,000 highly variable
+   genes, all cells): ``ZINBVAE(adata).fit()`` and ``SCVI(adata).train()``, both validated on
+   the 10 % of the cells that scvae's ``fit`` holds out (scVI is given the same split) after
+   every epoch, and the training time (validation excluded) each needs to first reach a fixed
+   target, the lower of the two tools' best validation ELBO.
 
-scvi-tools lives only in ``benchmarks/.venv-scvi`` (created by ``heldout_vs_scvi.py``'s
-``ensure_scvi_venv`` when missing). Nothing is asserted. Run from the repository root::
+The dense-or-sparse choice of scvae's first layer is internal and automatic; it is not switched
+here (``--genes`` measures its effect through ``fit``). scvi-tools lives only in
+``benchmarks/.venv-scvi`` (created when missing). Nothing is asserted. Run from the repository
+root::
 
-    /work/venv/bin/python benchmarks/speed.py                    # everything (~40 min, 2 cores)
-    /work/venv/bin/python benchmarks/speed.py --sizes 2638 --skip-defaults   # a quick look
+    python benchmarks/speed.py                            # everything (~40 min, 2 cores)
+    python benchmarks/speed.py --sizes 2638 30000 --threads 1 2 --skip-defaults
+    python benchmarks/speed.py --sizes 2638 --genes 2000 --skip-defaults   # a quick look
 
-Results are printed as markdown and written to ``benchmarks/results/speed.md``.
+Results go to ``benchmarks/results/speed.json``; ``render.py`` makes the docs tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-import anndata as ad
 import numpy as np
-import scipy.sparse as sp
+from _common import (
+    RESULTS_DIR,
+    SCVI_VENV,
+    pbmc3k_genes,
+    rate_spread,
+    resample_cells,
+    run_worker,
+    write_result,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_gb, write_section  # noqa: E402
+SAME = {
+    "settings": "same",
+    "n_latent": 10,
+    "n_hidden": 128,
+    "n_layers": 1,
+    "dropout_rate": 0.1,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "clock": "wall",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """Parse the command line.
+
+    Parameters
+    ----------
+    argv
+        Arguments; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    argparse.Namespace
+        The options.
+    """
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[2638, 30000, 300000])
     p.add_argument("--genes", nargs="+", default=["all", "2000"], help="'all' or a number of HVGs")
     p.add_argument(
         "--epoch-cells", type=int, default=60000, help="cells to train per size, at least one epoch"
     )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-defaults", action="store_true")
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="torch threads per tool")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each throughput row")
+    p.add_argument("--accelerator", default="cpu", help="both tools' Lightning accelerator")
+    p.add_argument("--skip-defaults", action="store_true", help="skip the time to quality")
+    p.add_argument(
+        "--defaults-max-epochs",
+        type=int,
+        default=None,
+        help="cap the defaults' epochs (smoke test)",
+    )
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
-    p.add_argument("--worker", choices=["scvae"], default=None, help=argparse.SUPPRESS)
-    p.add_argument("--h5ad", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--mode", default="same", help=argparse.SUPPRESS)
-    p.add_argument("--max-epochs", type=int, default=3, help=argparse.SUPPRESS)
-    p.add_argument("--heldout", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--scvi-venv", type=Path, default=SCVI_VENV)
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--name", default="speed", help="result file <out-dir>/<name>.json")
     return p.parse_args(argv)
 
 
-# ------------------------------------------------------------------------------------- data
-def pbmc_genes(n_top_genes: int | None) -> ad.AnnData:
-    """PBMC 3k counts, all genes or the top ``n_top_genes`` (scanpy ``seurat`` flavour)."""
-    from baselines import highly_variable
-
-    import scvae
-
-    adata = scvae.datasets.pbmc3k()
-    if n_top_genes:
-        adata = adata[:, highly_variable(adata.X, n_top_genes)].copy()
-    return ad.AnnData(X=adata.X, obs=adata.obs[["batch"]], var=adata.var[[]])
-
-
-def resample_cells(base: ad.AnnData, n_cells: int, seed: int) -> ad.AnnData:
-    """``n_cells`` cells drawn with replacement from ``base``, each binomially thinned.
-
-    The real cells themselves are returned when ``n_cells`` is not above their number.
-    """
-    if n_cells <= base.n_obs:
-        return base[:n_cells].copy()
-    rng = np.random.default_rng(seed)
-    X = base.X.tocsr()[rng.integers(base.n_obs, size=n_cells)]  # (n, G)
-    keep = rng.uniform(0.5, 1.0, size=n_cells)  # (n,) per-cell thinning probability
-    X.data = rng.binomial(X.data.astype(np.int64), np.repeat(keep, np.diff(X.indptr)))
-    X.data = X.data.astype(np.float32)
-    X.eliminate_zeros()
-    X = X[np.asarray(X.sum(1)).ravel() > 0]
-    obs = {"batch": np.repeat("pbmc3k", X.shape[0])}
-    return ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=base.var)
-
-
-# ---------------------------------------------------------------------------------- workers
-def epoch_clock_class():  # -> type[lightning.pytorch.Callback]
-    """The :class:`EpochClock` callback class (lightning is imported only when needed)."""
-    import lightning.pytorch as pl
-    import torch
-
-    from scvae.data import CSRMinibatches
-
-    class EpochClock(pl.Callback):
-        """Per-epoch training time (held-out scoring excluded) and held-out ELBO in eval mode.
-
-        Parameters
-        ----------
-        heldout_data
-            Validated held-out cells (``read_query_data``), or None to only time epochs.
-        timer
-            Clock in seconds: ``time.perf_counter`` (wall) or ``time.thread_time`` (CPU).
-        """
-
-        def __init__(self, heldout_data=None, timer=time.perf_counter) -> None:
-            self.heldout_data, self.timer = heldout_data, timer
-            self.epoch_times: list[float] = []
-            self.heldout_elbo: list[float] = []
-            self.cells_per_epoch = 0
-            self._start = 0.0
-
-        def on_train_epoch_start(self, trainer, plan) -> None:
-            self.cells_per_epoch = plan.train_loader.n_cells_per_epoch
-            self._start = self.timer()
-
-        def on_train_epoch_end(self, trainer, plan) -> None:
-            self.epoch_times.append(self.timer() - self._start)
-            if self.heldout_data is None:
-                return
-            n = self.heldout_data.X.shape[0]
-            plan.module.eval()
-            loader = CSRMinibatches(
-                self.heldout_data, np.arange(n), batch_size=1024, shuffle=False
-            ).to(plan.device)
-            with torch.no_grad():
-                total = sum(plan.module.loss(x, b, nz=nz).elbo.sum().item() for x, b, nz in loader)
-            self.heldout_elbo.append(total / n)
-            plan.module.train()
-
-    return EpochClock
-
-
-def scvae_worker(args: argparse.Namespace) -> dict:
-    """Train scvae in this process and return timings (the ``--worker scvae`` entry)."""
-    import torch
-
-    import scvae
-    from scvae.data import read_query_data
-
-    torch.set_num_threads(args.threads)
-    adata = ad.read_h5ad(args.h5ad)
-    heldout = np.load(args.heldout) if args.heldout else None
-    train = (
-        adata  # like scvi_speed.py: no copy when every cell trains
-        if heldout is None
-        else adata[np.setdiff1d(np.arange(adata.n_obs), heldout)].copy()
-    )
-    model = scvae.ZINBVAE(train, n_hidden=128, n_latent=10, n_layers=1, dropout_rate=0.1)
-    heldout_data = None if heldout is None else read_query_data(adata[heldout], model.setup)
-
-    clock = epoch_clock_class()(heldout_data)
-    t0 = time.perf_counter()
-    if args.mode == "same":
-        model.fit(
-            max_epochs=args.max_epochs,
-            batch_size=128,
-            train_size=1.0,
-            early_stopping=False,
-            progress_bar=False,
-            callbacks=[clock],
-            seed=args.seed,
-        )
-    else:
-        model.fit(progress_bar=False, callbacks=[clock], seed=args.seed)
-    wall = time.perf_counter() - t0
+def tool_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a worker's measurements that the throughput rows keep."""
     return {
-        "tool": f"scvae {scvae.__version__}",
-        "epoch_times": clock.epoch_times,
-        "heldout_elbo": clock.heldout_elbo,
-        "cells_per_epoch": clock.cells_per_epoch,
-        "wall": wall,
-        "n_train": int(train.n_obs),
-        "best_epoch": model.fit_params.get("best_epoch"),
-        "peak_rss_gb": peak_rss_gb(),
+        "tool": meta["tool"],
+        "cells_per_s": rate_spread(meta["cells_per_epoch"], meta["epoch_times"]),
+        "cells_per_epoch": meta["cells_per_epoch"],
+        "epoch_times": meta["epoch_times"],
+        "peak_rss_gb": meta["peak_rss_gb"],
+        "fit_time_s": meta["fit_time_s"],
+        "torch_threads": meta["torch_threads"],
+        "load_before_after": meta["load_before_after"],
+        "versions": meta["versions"],
     }
 
 
-def run_worker(command: list[str]) -> dict:
-    """Run one worker subprocess; its last stdout line is a JSON result."""
-    proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Part 1: the equal-settings rows, one per gene set, size, thread count and repeat.
 
-
-def run_both(path: Path, *, mode: str, epochs: int, threads: int, heldout: Path | None, seed: int):
-    """scvae then scvi-tools on the same file; returns their results."""
-    from heldout_vs_scvi import ensure_scvi_venv
-
-    common = ["--h5ad", str(path), "--mode", mode, "--max-epochs", str(epochs)]
-    common += ["--threads", str(threads), "--seed", str(seed)]
-    if heldout is not None:
-        common += ["--heldout", str(heldout)]
-    ours = run_worker([sys.executable, __file__, "--worker", "scvae", *common])
-    scvi_python = ensure_scvi_venv(ROOT / "benchmarks" / ".venv-scvi")
-    theirs = run_worker(
-        [
-            str(scvi_python),
-            str(ROOT / "benchmarks" / "scvi_speed.py"),
-            *common,
-            "--batch-size",
-            "128",
-        ]
-    )
-    if "cells_per_epoch" not in theirs:
-        theirs["cells_per_epoch"] = theirs["n_train"]
-    return ours, theirs
-
-
-def steady_rate(result: dict) -> float:
-    """Cells per second over the epochs after the first (all epochs when there is one)."""
-    times = result["epoch_times"][1:] or result["epoch_times"]
-    return result["cells_per_epoch"] / float(np.median(times))
-
-
-# --------------------------------------------------------------------------------- measures
-def throughput(args: argparse.Namespace, workdir: Path) -> list[str]:
-    """Part 1: the equal-settings throughput table."""
-    rows = [
-        "| genes | cells | epochs | scvae cells/s | scVI cells/s | ratio "
-        "| scvae peak GB | scVI peak GB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    Returns
+    -------
+    list of dict
+        ``genes``, ``cells``, ``epochs``, ``threads``, ``repeat``, ``scvae`` and ``scvi``
+        (:func:`tool_summary`) and ``ratio`` (scvae cells/s over scVI's, at the median epochs).
+    """
+    rows = []
     for genes in args.genes:
-        base = pbmc_genes(None if genes == "all" else int(genes))
+        base = pbmc3k_genes(None if genes == "all" else int(genes))
         for n_cells in args.sizes:
             adata = resample_cells(base, n_cells, args.seed)
-            path = workdir / f"cells_{genes}_{n_cells}.h5ad"
+            path = work / f"cells_{genes}_{n_cells}.h5ad"
             adata.write_h5ad(path)
-            epochs = (
-                max(2, -(-args.epoch_cells // adata.n_obs)) if adata.n_obs < args.epoch_cells else 1
-            )
-            ours, theirs = run_both(
-                path, mode="same", epochs=epochs, threads=args.threads, heldout=None, seed=args.seed
-            )
-            a, b = steady_rate(ours), steady_rate(theirs)
-            row = (
-                f"| {base.n_vars} | {adata.n_obs:,} | {epochs} | {a:,.0f} | {b:,.0f} "
-                f"| {a / b:.2f}x | {ours['peak_rss_gb']:.2f} | {theirs['peak_rss_gb']:.2f} |"
-            )
-            print(row, flush=True)
-            rows.append(row)
+            n = adata.n_obs
+            epochs = max(2, -(-args.epoch_cells // n)) if n < args.epoch_cells else 1
+            for threads in args.threads:
+                for repeat in range(args.repeats):
+                    job = {
+                        **SAME,
+                        "h5ad": str(path),
+                        "max_epochs": epochs,
+                        "threads": threads,
+                        "seed": args.seed,
+                        "accelerator": args.accelerator,
+                    }
+                    stem = work / f"{genes}_{n_cells}_t{threads}_r{repeat}"
+                    kw = {"scvi_venv": args.scvi_venv}
+                    ours, _ = run_worker("scvae", job, stem.with_name(stem.name + "_scvae"), **kw)
+                    theirs, _ = run_worker("scvi", job, stem.with_name(stem.name + "_scvi"), **kw)
+                    row = {
+                        "genes": int(base.n_vars),
+                        "cells": int(n),
+                        "epochs": epochs,
+                        "threads": threads,
+                        "repeat": repeat,
+                        "scvae": tool_summary(ours),
+                        "scvi": tool_summary(theirs),
+                    }
+                    a, b = row["scvae"]["cells_per_s"], row["scvi"]["cells_per_s"]
+                    row["ratio"] = a["median"] / b["median"]
+                    print(
+                        f"genes {row['genes']}, cells {n:,}, {threads} thread(s), run {repeat}: "
+                        f"scvae {a['median']:,.0f} ({a['min']:,.0f}-{a['max']:,.0f}) cells/s, "
+                        f"scVI {b['median']:,.0f} ({b['min']:,.0f}-{b['max']:,.0f}), "
+                        f"ratio {row['ratio']:.2f}x",
+                        flush=True,
+                    )
+                    rows.append(row)
             path.unlink()
     return rows
 
 
-def time_to_quality(args: argparse.Namespace, workdir: Path) -> list[str]:
-    """Part 2: each tool with its defaults, time to a fixed held-out ELBO."""
-    adata = pbmc_genes(2000)
-    path = workdir / "pbmc_hvg.h5ad"
+def time_to_quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Part 2: each tool with its defaults, training time to a fixed validation ELBO.
+
+    Returns
+    -------
+    dict
+        ``target`` and per tool: epochs, total training seconds, best validation ELBO, the
+        first epoch at the target and the training seconds to it; ``speedup`` (scVI seconds
+        over scvae seconds to the target).
+    """
+    adata = pbmc3k_genes(2000)
+    path = work / "pbmc_hvg.h5ad"
     adata.write_h5ad(path)
-    rng = np.random.default_rng(args.seed)
-    heldout = np.sort(rng.permutation(adata.n_obs)[: adata.n_obs // 10])
-    heldout_path = workdir / "heldout.npy"
-    np.save(heldout_path, heldout)
-    ours, theirs = run_both(
-        path, mode="defaults", epochs=0, threads=args.threads, heldout=heldout_path, seed=args.seed
+    threads = args.threads[0]
+    job = {
+        "h5ad": str(path),
+        "settings": "defaults",
+        "defaults_max_epochs": args.defaults_max_epochs,
+        "clock": "wall",
+        "threads": threads,
+        "seed": args.seed,
+        "accelerator": args.accelerator,
+    }
+    ours, cells = run_worker("scvae", job, work / "defaults_scvae", scvi_venv=args.scvi_venv)
+    split = work / "validation_split.npz"
+    np.savez(
+        split, train_indices=cells["train_indices"], validation_indices=cells["validation_indices"]
     )
-    target = min(max(ours["heldout_elbo"]), max(theirs["heldout_elbo"]))
-    rows = [
-        f"Target held-out ELBO: {target:.2f} nats/cell (the lower of the two tools' best).",
-        "",
-        "| tool | epochs run | total train s | best held-out ELBO | epochs to target "
-        "| s to target |",
-        "|---|---|---|---|---|---|",
-    ]
-    reached = {}
-    for result in (ours, theirs):
-        elbo = np.asarray(result["heldout_elbo"])
-        cumulative = np.cumsum(result["epoch_times"])
+    theirs, _ = run_worker(
+        "scvi",
+        {**job, "validation_split": str(split)},
+        work / "defaults_scvi",
+        scvi_venv=args.scvi_venv,
+    )
+    target = min(max(ours["validation_elbo"]), max(theirs["validation_elbo"]))
+    result: dict[str, Any] = {"target": target, "threads": threads, "n_cells": int(adata.n_obs)}
+    for key, meta in (("scvae", ours), ("scvi", theirs)):
+        elbo = np.asarray(meta["validation_elbo"], dtype=np.float64)
+        seconds = np.cumsum(meta["epoch_times"])
         first = int(np.argmax(elbo >= target))
-        reached[result["tool"]] = cumulative[first]
-        rows.append(
-            f"| {result['tool']} | {len(elbo)} | {cumulative[-1]:.1f} | {elbo.max():.2f} "
-            f"| {first + 1} | {cumulative[first]:.1f} |"
-        )
-    a, b = reached[ours["tool"]], reached[theirs["tool"]]
-    rows += ["", f"Speed-up to the target: {b / a:.1f}x (scVI seconds / scvae seconds)."]
-    for line in rows:
-        print(line, flush=True)
-    return rows
+        result[key] = {
+            "tool": meta["tool"],
+            "epochs": int(elbo.size),
+            "train_s": float(seconds[-1]),
+            "best_validation_elbo": float(elbo.max()),
+            "epochs_to_target": first + 1,
+            "s_to_target": float(seconds[first]),
+            "validation_elbo": elbo,
+            "epoch_times": meta["epoch_times"],
+            "n_validation": len(cells["validation_indices"]),
+        }
+    result["speedup"] = result["scvi"]["s_to_target"] / result["scvae"]["s_to_target"]
+    print(
+        f"target {target:.2f}: scvae {result['scvae']['s_to_target']:.1f} s, scVI "
+        f"{result['scvi']['s_to_target']:.1f} s, speed-up {result['speedup']:.1f}x",
+        flush=True,
+    )
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or one worker)."""
+    """Run the selected parts and write the result file."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.worker == "scvae":
-        print(json.dumps(scvae_worker(args)))
-        return
-    import torch
-    from baselines import machine, versions
-
-    device = "CPU only" if not torch.cuda.is_available() else torch.cuda.get_device_name()
-    header = [
-        f"Machine: {machine()} ({device}), {args.threads} torch thread(s) for both tools.",
-        f"Versions: {versions()}.",
-        f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`.",
-        "",
-    ]
-    sections: list[str] = []
+    payload: dict[str, Any] = {
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("scvi_venv", "out_dir", "name")
+        },
+        "device": "CPU only" if args.accelerator == "cpu" else args.accelerator,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
-            sections += ["### Throughput at equal settings", "", *throughput(args, Path(tmp)), ""]
+            payload["throughput"] = throughput(args, Path(tmp))
         if not args.skip_defaults:
-            sections += ["### Time to a held-out ELBO, each tool's defaults", ""]
-            sections += [*time_to_quality(args, Path(tmp)), ""]
-    out = ROOT / "benchmarks" / "results" / "speed.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(header + sections)
-    out.write_text(f"# Speed: scvae vs scvi-tools\n\n{text}\n")
-    if not args.no_docs:
-        write_section(text, tool="speed.py", heading="## Speed against scvi-tools")
-    print(f"wrote {out}")
+            payload["time_to_quality"] = time_to_quality(args, Path(tmp))
+    write_result(args.name, payload, script="speed", out_dir=args.out_dir, argv=argv)
 
 
 if __name__ == "__main__":

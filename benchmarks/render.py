@@ -1,0 +1,596 @@
+"""Render the tables of ``docs/benchmarks.md`` from the result files of the benchmark drivers.
+
+Every driver writes ``benchmarks/results/<name>.json`` (gitignored). The results that the docs
+show are kept, tracked, in ``benchmarks/records/<name>.json``; this script writes each record's
+markdown between the markers ``<!-- records/<name>.json: begin generated -->`` and ``... end
+generated -->`` of ``docs/benchmarks.md`` and leaves the hand-written text around them alone.
+The first records were transcribed from the tables of ``docs/benchmarks.md`` at 27e3092 (their
+``transcribed_from`` says so); a record made by a driver says where and how it ran. ::
+
+    python benchmarks/render.py                     # records -> docs/benchmarks.md
+    python benchmarks/render.py --check             # exit 1 if the docs are not what they render
+    python benchmarks/render.py --update speed      # results/speed.json -> records, then render
+    python benchmarks/render.py --print compare --from benchmarks/results   # to stdout only
+
+``--update speed`` replaces the throughput rows of the thread counts the new result has and, if
+it has one, the time-to-quality part, and keeps the rest of the record; ``--update compare``
+also copies the UMAP figures into ``docs/figures``. Other records are replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    DOCS,
+    RECORDS_DIR,
+    RESULTS_DIR,
+    describe,
+    fmt_mean_se,
+    markers,
+    md_table,
+    read_result,
+    versions_text,
+)
+
+Record = dict[str, Any]
+NUMBER_WORDS = {1: "one thread", 2: "two threads"}
+
+
+# ---------------------------------------------------------------------------------- heldout
+def render_heldout(record: Record) -> str:
+    """The tables of "Held-out log p(x): scvae ZINBVAE against scvi-tools SCVI".
+
+    The record holds one table per gene set (a caption, rows of per-cell means of the held-out
+    ELBO and IWAE log p(x), paired differences); the best log p(x) of a table is set in bold.
+    """
+    parts = []
+    k = record["settings"]["iwae_samples"]
+    for table in record["tables"]:
+        digits = table["digits"]
+        best = max(r["heldout_ll"] for r in table["rows"])
+        with_warmup = table["kl_warmup_column"]
+        header = ["model", *(["KL warm-up"] if with_warmup else [])]
+        header += ["held-out ELBO / cell", f"held-out log p(x) / cell (IWAE, K={k})"]
+        rows = []
+        for r in table["rows"]:
+            ll = f"{r['heldout_ll']:.{digits}f}"
+            rows.append(
+                [
+                    r["model"],
+                    *([r["kl_warmup"]] if with_warmup else []),
+                    f"{r['heldout_elbo']:.{digits}f}",
+                    f"**{ll}**" if r["heldout_ll"] == best else ll,
+                ]
+            )
+        for p in table["paired"]:
+            e, ll = p["heldout_elbo"], p["heldout_ll"]
+            rows.append(
+                [
+                    p["label"],
+                    *([""] if with_warmup else []),
+                    f"{e['mean']:+.{digits}f} ± {e['se']:.{digits}f}",
+                    f"{ll['mean']:+.{digits}f} ± {ll['se']:.{digits}f}",
+                ]
+            )
+        align = "l" + ("l" if with_warmup else "") + "rr"
+        parts += [table["caption"], md_table(header, rows, align)]
+    return "\n\n".join(parts)
+
+
+# -------------------------------------------------------------------------------- baselines
+def baselines_setup(s: dict[str, Any]) -> str:
+    """What ``baselines.py`` ran, in words, from its settings."""
+    floors = " and ".join(f"`reg_covar={r:g}`" for r in s["gmm_reg_covar"])
+    items = [
+        f"Each data set's cells are split once (seed {s['seed']}) into "
+        f"{1 - s['heldout_fraction']:.0%} train and {s['heldout_fraction']:.0%} held-out cells; "
+        "every model is fitted on the train cells only and scored on the same held-out cells.",
+        f"Genes: the {s['n_top_genes']:,} most highly variable genes of the train cells, "
+        f'scanpy `highly_variable_genes(flavor="seurat", n_top_genes={s["n_top_genes"]})` on '
+        "a log-normalized copy; a file with at most that many genes keeps all of them (the "
+        "line under each heading says which).",
+        "Log-normalized = `log1p(counts / total * 1e4)`, the total taken over the selected "
+        "genes: what `GaussianVAE` and `PPCA` compute inside; the gene-space GMM gets the same "
+        "matrix.",
+        "VAEs (`ZINBVAE`, `NBVAE`, `PoissonVAE` on counts, `GaussianVAE` on log-normalized "
+        "data): default architecture (10 latent dims, 1 x 128 hidden, dropout 0.1), "
+        f'`batch_key="batch"` when the file has more than one batch, `fit(max_epochs='
+        f"{s['max_epochs']}, train_size=0.9, seed={s['seed']})`: 10 % of the train cells are "
+        "the validation set for early stopping (patience 30 after the KL warm-up; the best "
+        "epoch's weights are kept). Column *epochs*: epochs trained (best epoch).",
+        "`PPCA(n_latent=10)` (closed-form maximum likelihood) on the log-normalized data; "
+        f'`GMM(covariance_type="diag")` with K = number of cell types on the '
+        f"{s['n_top_genes']:,}-D log-normalized data, with {floors} (the variance floor "
+        "added to every component variance; 1e-6 is scvae's and scikit-learn's default).",
+        "Held-out log-likelihood: mean ± standard error over the held-out cells of the "
+        f"per-cell log p(x) in nats; IWAE estimate with {s['n_samples']} importance samples for "
+        "the VAEs (a lower bound), exact for PPCA and the GMM. The counts column is a log "
+        "probability of integer counts, the log-normalized column a log density of "
+        "continuous values: the two columns cannot be compared with each other.",
+        "ARI / NMI (scikit-learn) against `cell_type`: for the VAEs and PPCA, of a full-covariance "
+        f"`scvae.GMM` (K = number of cell types, seed {s['seed']}) fitted on the embedding "
+        "(`get_latent`) of all cells, train and held-out; for the gene-space GMM, of its own "
+        "clusters (fitted on the train cells, predicted on all cells).",
+        "Fit time: wall time of constructing and fitting the model on the train cells (for the "
+        "VAEs including the validation passes), one torch thread, on a machine shared with "
+        "other jobs, so timings are rough.",
+    ]
+    return "\n".join(f"- {item}" for item in items)
+
+
+def render_baselines(record: Record) -> str:
+    """The generated part of "Baselines: held-out likelihood and clustering"."""
+    header = [
+        "model",
+        "fit time (s)",
+        "epochs",
+        "held-out log p(x) / cell, counts (nats)",
+        "held-out log p(x) / cell, log-normalized (nats)",
+        "ARI",
+        "NMI",
+    ]
+    parts = [
+        baselines_setup(record["settings"]),
+        f"Machine: {record['machine']}; one torch thread (`torch.set_num_threads(1)`).",
+        f"Versions: {versions_text(record['versions'])}.",
+        f"Command (from the repository root; {record['total_s'] / 60:.0f} min in all):",
+        f"```bash\n{record['command']}\n```",
+    ]
+    for dataset in record["datasets"]:
+        rows = [
+            [
+                r["model"],
+                f"{r['fit_time_s']:.1f}",
+                "-" if r["epochs"] is None else f"{r['epochs']} (best {r['best_epoch']})",
+                fmt_mean_se(r["ll_counts"]),
+                fmt_mean_se(r["ll_lognorm"]),
+                f"{r['ari']:.3f}",
+                f"{r['nmi']:.3f}",
+            ]
+            for r in dataset["rows"]
+        ]
+        parts += [
+            f"### {dataset['summary']['name']}",
+            describe(dataset["summary"]),
+            md_table(header, rows, "lrrrrrr"),
+        ]
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------ speed
+def _rate(value: dict[str, Any]) -> str:
+    """``"1,072"``, or ``"1,072 (1,050-1,090)"`` with the range over several epochs."""
+    text = f"{value['median']:,.0f}"
+    if value.get("n_epochs", 1) > 1:
+        text += f" ({value['min']:,.0f}-{value['max']:,.0f})"
+    return text
+
+
+def _annotated(text: str, row: dict[str, Any], key: str) -> str:
+    note = row.get("annotations", {}).get(key)
+    return f"{text} ({note})" if note else text
+
+
+def throughput_table(rows: list[dict[str, Any]]) -> str:
+    """One markdown table of throughput rows (one thread count)."""
+    header = ["genes", "cells", "scvae cells/s", "scVI cells/s", "ratio"]
+    header += ["scvae peak GB", "scVI peak GB"]
+    lines = []
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x"
+        if r.get("ratio_runs") and len(r["ratio_runs"]) > 1:
+            runs = r["ratio_runs"]
+            ratio += f" ({min(runs):.2f}-{max(runs):.2f}x over {len(runs)} runs)"
+        lines.append(
+            [
+                str(r["genes"]),
+                f"{r['cells']:,}",
+                _rate(r["scvae"]["cells_per_s"]),
+                _rate(r["scvi"]["cells_per_s"]),
+                _annotated(ratio, r, "ratio"),
+                _annotated(f"{r['scvae']['peak_rss_gb']:.2f}", r, "scvae_peak_gb"),
+                _annotated(f"{r['scvi']['peak_rss_gb']:.2f}", r, "scvi_peak_gb"),
+            ]
+        )
+    return md_table(header, lines, "lllllll")
+
+
+def merge_repeats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (genes, cells, threads): the run with the median ratio, all ratios kept."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["genes"], r["cells"], r["threads"]), []).append(r)
+    merged = []
+    for runs in groups.values():
+        ordered = sorted(runs, key=lambda r: r["ratio"])
+        pick = dict(ordered[(len(ordered) - 1) // 2])
+        if len(runs) > 1:
+            pick["ratio_runs"] = [r["ratio"] for r in runs]
+        merged.append(pick)
+    return merged
+
+
+def render_speed(record: Record) -> str:
+    """The generated part of "Speed against scvi-tools"."""
+    notes = record.get("notes", {})
+    scvi = record.get("scvi_versions", {}).get("scvi-tools")
+    for r in record.get("throughput", []):
+        scvi = scvi or r["scvi"].get("versions", {}).get("scvi-tools")
+    device = record.get("device", "CPU only")
+    parts = [
+        f"Machine: {record['machine']} ({device}).\n"
+        f"Versions: {versions_text(record['versions'])}"
+        + (f"; scvi-tools {scvi}." if scvi else ".")
+    ]
+    rows = merge_repeats(record.get("throughput", []))
+    for threads in sorted({r["threads"] for r in rows}):
+        note = notes.get(f"throughput_{threads}", {})
+        words = NUMBER_WORDS.get(threads, f"{threads} threads")
+        title = note.get("title", f"Throughput at equal settings, {words} each")
+        text = note.get("text", f"`{record['command']}`.")
+        table = throughput_table([r for r in rows if r["threads"] == threads])
+        parts += [f"### {title}", text, table]
+    ttq = record.get("time_to_quality")
+    if ttq:
+        note = notes.get("time_to_quality", {})
+        quality = ttq.get("quality", "validation")
+        default_title = f"Time to a {quality} ELBO, each tool's defaults"
+        parts += [
+            f"### {note.get('title', default_title)}",
+            note.get("text", f"`{record['command']}`.")
+            + f" Target {quality} ELBO: {ttq['target']:.2f} nats/cell (the lower of the two "
+            "tools' best).",
+        ]
+        header = ["tool", "epochs run", "total train s", f"best {quality} ELBO"]
+        header += ["epochs to target", "s to target"]
+        lines = [
+            [
+                t["tool"],
+                str(t["epochs"]),
+                f"{t['train_s']:.1f}",
+                f"{t['best_validation_elbo']:.2f}",
+                str(t["epochs_to_target"]),
+                f"{t['s_to_target']:.1f}",
+            ]
+            for t in (ttq["scvae"], ttq["scvi"])
+        ]
+        parts += [
+            md_table(header, lines, "llllll"),
+            f"Speed-up to the target: {ttq['speedup']:.1f}x (scVI seconds / scvae seconds).",
+        ]
+    return "\n\n".join(parts)
+
+
+def update_speed(old: Record, new: Record) -> Record:
+    """The speed record after a new result: its parts replace the old ones, the rest stays.
+
+    Throughput rows are replaced per thread count, the time to quality as a whole; notes of
+    replaced parts are dropped (a new part is described by its own command).
+    """
+    merged = {**old, **{k: v for k, v in new.items() if k not in ("throughput", "notes")}}
+    notes = dict(old.get("notes", {}))
+    if "throughput" in new:
+        threads = {r["threads"] for r in new["throughput"]}
+        kept = [r for r in old.get("throughput", []) if r["threads"] not in threads]
+        merged["throughput"] = kept + new["throughput"]
+        for t in threads:
+            notes.pop(f"throughput_{t}", None)
+    if "time_to_quality" in new:
+        notes.pop("time_to_quality", None)
+    merged["notes"] = notes
+    return merged
+
+
+# ---------------------------------------------------------------------------------- compare
+TITLES = {
+    "scvae-same": "scvae (same)",
+    "scvi-same": "scVI (same)",
+    "scvae-defaults": "scvae (defaults)",
+    "scvi-defaults": "scVI (defaults)",
+    "pca": "scanpy PCA",
+}
+METRIC_ROWS = (
+    ("Leiden ARI", "leiden_ari"),
+    ("Leiden NMI", "leiden_nmi"),
+    ("GMM ARI", "gmm_ari"),
+    ("GMM NMI", "gmm_nmi"),
+    ("cell-type silhouette", "silhouette_label"),
+    ("cLISI", "clisi"),
+    ("batch silhouette", "silhouette_batch"),
+    ("iLISI", "ilisi"),
+    ("kBET", "kbet"),
+    ("graph connectivity", "graph_connectivity"),
+    ("bio conservation", "bio_conservation"),
+    ("batch correction", "batch_correction"),
+    ("total (0.6 bio + 0.4 batch)", "total"),
+)
+
+
+def compare_cell(result: dict[str, Any], row: str) -> str:
+    """One cell of a data set's table: method ``result``, measurement ``row``."""
+    meta = result.get("meta")
+    if not meta:
+        return "failed"
+    if row == "fit":
+        return f"{meta['fit_time_s']:.1f}"
+    if row == "epochs":
+        return str(meta["epochs"]) if meta.get("epochs") else "n/a"
+    if row == "cells/s":
+        return f"{result['cells_per_s']:,.0f}" if result.get("cells_per_s") else "n/a"
+    if row == "rss":
+        return f"{meta['peak_rss_gb']:.2f}"
+    if row in ("heldout_ll", "heldout_elbo"):
+        value = result.get(row)
+        if value is None:
+            return "n/a"
+        mark = " †" if meta.get("use_observed_lib_size") else ""
+        return fmt_mean_se(value) + mark
+    value = (result.get("scores") or {}).get(row)
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def compare_table(methods: dict[str, dict[str, Any]], k: int) -> str:
+    """A data set's table: one column per method, one row per measurement."""
+    rows = [
+        ("fit wall time (s)", "fit"),
+        ("epochs", "epochs"),
+        ("cells/s (training cells x epochs / fit time)", "cells/s"),
+        ("peak RSS of the fitting process (GB)", "rss"),
+        (f"held-out log p(x) / cell (IWAE, K={k}; mean ± s.e.)", "heldout_ll"),
+    ]
+    if any(m.get("heldout_elbo") for m in methods.values()):
+        rows.append(("held-out ELBO / cell (mean ± s.e.)", "heldout_elbo"))
+    if any(m.get("scores") for m in methods.values()):
+        rows += list(METRIC_ROWS)
+    lines = [[label, *(compare_cell(m, key) for m in methods.values())] for label, key in rows]
+    header = ["", *(TITLES[name] for name in methods)]
+    return md_table(header, lines, "l" + "r" * len(methods))
+
+
+def compare_dataset(dataset: dict[str, Any], k: int) -> str:
+    """Heading, data, table, paired differences, notes and figure of one data set."""
+    methods = dataset["methods"]
+    parts = [f"### {dataset['summary']['name']}", describe(dataset["summary"])]
+    parts.append(compare_table(methods, k))
+    lines = []
+    for mode in ("same", "defaults"):
+        pair = dataset.get("paired", {}).get(mode)
+        if not pair:
+            continue
+        d = pair["heldout_ll"]
+        line = (
+            f"{d['mean']:+.2f} ± {d['se']:.2f} nats/cell (scvae higher on "
+            f"{d['frac_higher']:.0%} of cells)"
+        )
+        theirs = methods.get(f"scvi-{mode}", {}).get("meta", {})
+        caveat = " (not comparable: †)" if theirs.get("use_observed_lib_size") else ""
+        lines.append(f"- held-out log p(x), scvae - scVI ({mode}): {line}{caveat}")
+    if any(m.get("meta", {}).get("use_observed_lib_size") for m in methods.values()):
+        lines.append(
+            "- † scVI's default conditions on the observed library size: its value is "
+            "log p(x | l = observed total), not log p(x), and is not comparable with the others."
+        )
+    for name, m in methods.items():
+        meta = m.get("meta")
+        if not meta:
+            lines.append(f"- {TITLES[name]}: failed: {m.get('error')}")
+            continue
+        line = f"- {TITLES[name]}: {meta.get('tool', '')}; {meta.get('notes', '')}"
+        if "score_time_s" in meta:
+            line += (
+                f"; {meta['n_fit_cells']} cells trained on; scoring {meta['score_time_s']:.1f} s"
+            )
+        lines.append(line)
+    parts.append("\n".join(lines))
+    if dataset.get("figure"):
+        parts.append(f"![UMAPs of {dataset['summary']['name']}](figures/{dataset['figure']})")
+    return "\n\n".join(parts)
+
+
+def compare_setup(s: dict[str, Any]) -> list[str]:
+    """What ``compare.py`` ran, in words, from its settings."""
+    if s.get("scvi_kl_warmup", "matched") == "matched":
+        warmup = "KL warm-up over the first tenth of training for both"
+    else:
+        warmup = (
+            "KL warm-up: scvae's default (the first tenth of the optimizer steps), scVI's "
+            "default (400 epochs)"
+        )
+    quick = f" (capped at {s['defaults_max_epochs']} epochs: --quick)" if s.get("quick") else ""
+    genes = (
+        f"the {s['n_top_genes']:,} most highly variable genes of the train cells (scanpy "
+        '`flavor="seurat"`; files with fewer genes keep all)'
+        if s["n_top_genes"]
+        else "all genes"
+    )
+    items = [
+        f"Cells split once per data set (seed {s['seed']}) into "
+        f"{1 - s['heldout_fraction']:.0%} train / {s['heldout_fraction']:.0%} held-out; "
+        f'{genes}; `batch_key="batch"` when a file has more than one batch.',
+        "*same*: ZINB, gene dispersion, latent library, 10 latent dims, 1 x 128 hidden, dropout "
+        f"0.1, {s['max_epochs']} epochs, batch 128, Adam lr 1e-3, every train cell trained on "
+        f"(no validation split), no early stopping, {warmup}. *defaults*: "
+        "`ZINBVAE(adata, batch_key=...).fit()` and `SCVI(adata).train()` as shipped"
+        f"{quick}; scVI's default conditions on the observed library size.",
+        "scanpy PCA: `normalize_total(target_sum=1e4)`, `log1p`, `pca(n_comps=50)` on all cells; "
+        "it has no likelihood of the counts (n/a).",
+        f"Held-out log p(x): per-cell importance-weighted estimate with K = {s['iwae_samples']} "
+        "on the same held-out cells (nats, higher is better).",
+    ]
+    if not s.get("no_scores"):
+        items.append(
+            "Scores (`scvae.tl.evaluate`, native backend) on the embedding of all cells: Leiden "
+            "NMI/ARI at the best of resolutions 0.2..2.0 (15-NN graph), GMM (full covariances, "
+            "K = number of cell types) NMI/ARI, cell-type and batch silhouettes, cLISI/iLISI "
+            "(90-NN), kBET per cell type (50-NN), graph connectivity; bio conservation and batch "
+            "correction are the means of the first and second group (Leiden, silhouette, cLISI "
+            "/ batch silhouette, iLISI, kBET, graph connectivity), total = 0.6 bio + 0.4 batch "
+            "as in scIB."
+        )
+    items.append(
+        "Fit wall time and peak resident memory (`VmHWM` at the end of the fit: imports, data "
+        f"and fit) of each method's own process, {s['threads']} torch/BLAS thread(s), CPU "
+        "only, on a machine shared with other jobs."
+    )
+    return items
+
+
+def render_compare(record: Record) -> str:
+    """The generated part of "scvae vs scvi-tools vs scanpy"."""
+    s = record["settings"]
+    scvi_versions = next(
+        (
+            m["meta"]["versions"]
+            for d in record["datasets"]
+            for name, m in d["methods"].items()
+            if name.startswith("scvi") and m.get("meta", {}).get("versions")
+        ),
+        None,
+    )
+    versions = f"Versions: {versions_text(record['versions'])}"
+    if scvi_versions:
+        versions += "; scVI side: " + ", ".join(f"{k} {v}" for k, v in scvi_versions.items())
+    parts = [
+        "\n".join(f"- {item}" for item in compare_setup(s)),
+        f"Machine: {record['machine']}.",
+        versions + ".",
+        f"Command (from the repository root; {record['total_s'] / 60:.1f} min in all):",
+        f"```bash\n{record['command']}\n```",
+    ]
+    parts += [compare_dataset(d, s["iwae_samples"]) for d in record["datasets"]]
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------ gmm_speed, defaults
+def render_gmm_speed(record: Record) -> str:
+    """The table of ``gmm_speed.py``."""
+    s = record["settings"]
+    lines = [
+        [
+            f"{r['cells']:,}",
+            r["implementation"],
+            "-" if r["em_iterations"] is None else str(r["em_iterations"]),
+            f"{r['fit_time_s']:.3f}",
+            f"{r['mean_log_lik']:.4f}",
+            f"{r['ari']:.3f}",
+            f"{r['sklearn_time_over_this']:.2f}",
+        ]
+        for r in record["rows"]
+    ]
+    header = ["cells", "implementation", "EM iterations", "fit time (s)"]
+    header += ["mean log-lik / cell", "ARI", "sklearn time / this time"]
+    before, after = record["load_before_after"]
+    intro = (
+        f"GMM EM, full covariance, K = {s['n_components']}, {s['n_dims']} dims, float64, "
+        f"{s['threads']} threads, best of {s['repeats']}, each tool from its own k-means "
+        f"initialisation; load average {before:.1f} -> {after:.1f}. `{record['command']}`."
+    )
+    return intro + "\n\n" + md_table(header, lines, "rlrrrrr")
+
+
+def render_defaults(record: Record) -> str:
+    """The table of ``defaults.py``."""
+    targets = record["targets"]
+    header = ["batch, lr, warm-up", "best validation ELBO", "epochs", "CPU s"]
+    header += [f"CPU s to {t:g}" for t in targets]
+    lines = []
+    for r in record["rows"]:
+        reached = [r["reached"][str(float(t))] for t in targets]
+        lines.append(
+            [r["setting"], f"{r['best']:.1f}", str(r["epochs"]), f"{r['cpu_s']:.1f}"]
+            + ["-" if v is None else f"{v:.1f}" for v in reached]
+        )
+    return f"`{record['command']}`.\n\n" + md_table(header, lines, "l" + "r" * (len(header) - 1))
+
+
+# ------------------------------------------------------------------------------------- main
+#: record name -> (heading of its docs section, renderer)
+SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
+    "heldout": ("## Held-out log p(x): scvae ZINBVAE against scvi-tools SCVI", render_heldout),
+    "baselines": ("## Baselines: held-out likelihood and clustering", render_baselines),
+    "speed": ("## Speed against scvi-tools", render_speed),
+    "compare": ("## scvae vs scvi-tools vs scanpy", render_compare),
+    "gmm_speed": ("## GMM: scvae against scikit-learn", render_gmm_speed),
+    "defaults": ("## Training defaults", render_defaults),
+}
+
+
+def render_docs(text: str, records: Path) -> str:
+    """``text`` (the docs page) with every record's block rendered between its markers.
+
+    A record whose markers are missing gets them (and a section, if its heading is missing
+    too) appended, as ``_common.write_section`` does.
+    """
+    for name, (heading, renderer) in SECTIONS.items():
+        path = records / f"{name}.json"
+        if not path.exists():
+            continue
+        begin, end = markers(f"records/{name}.json")
+        block = f"{begin}\n\n{renderer(read_result(path))}\n\n{end}"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + block + rest.split(end, 1)[1]
+        elif heading in text:
+            head, rest = text.split(heading, 1)
+            text = f"{head}{heading}\n\n{block}\n{rest}"
+        else:
+            text = f"{text.rstrip()}\n\n{heading}\n\n{block}\n"
+    return text
+
+
+def update_record(name: str, results: Path, records: Path) -> None:
+    """Copy ``results/<name>.json`` into the records (speed: merged, see :func:`update_speed`)."""
+    new = read_result(results / f"{name}.json")
+    target = records / f"{name}.json"
+    if name == "speed" and target.exists():
+        new = update_speed(read_result(target), new)
+    if name == "compare":
+        figures = DOCS.parent / "figures"
+        figures.mkdir(exist_ok=True)
+        for dataset in new["datasets"]:
+            if dataset.get("figure"):
+                shutil.copyfile(results / dataset["figure"], figures / dataset["figure"])
+    import json
+
+    records.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(new, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {target}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render, check, update or print; returns the exit status."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--docs", type=Path, default=DOCS)
+    p.add_argument("--records", type=Path, default=RECORDS_DIR)
+    p.add_argument("--from", dest="source", type=Path, default=None, help="with --print")
+    p.add_argument("--update", nargs="+", default=[], choices=list(SECTIONS), metavar="NAME")
+    p.add_argument("--print", dest="show", choices=list(SECTIONS), default=None)
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
+    args = p.parse_args(argv)
+    if args.show:
+        source = args.source or args.records
+        print(SECTIONS[args.show][1](read_result(source / f"{args.show}.json")))
+        return 0
+    for name in args.update:
+        update_record(name, RESULTS_DIR, args.records)
+    text = args.docs.read_text()
+    rendered = render_docs(text, args.records)
+    if args.check:
+        if rendered != text:
+            print(f"{args.docs} differs from what {args.records} renders", file=sys.stderr)
+            return 1
+        return 0
+    if rendered != text:
+        args.docs.write_text(rendered)
+        print(f"wrote {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
