@@ -67,9 +67,8 @@ _FIT_DOC = """max_epochs
     progress_bar
         Show training progress (a bar on a terminal, else a line every few epochs on stderr).
     checkpoint_dir
-        Write a checkpoint there after every epoch and resume from it (see ``fit``).
-
-    See :meth:`scvae.{cls}.fit` for the details."""
+        Write a checkpoint there after every epoch and resume from it. :meth:`scvae.{cls}.fit`
+        documents every fit option in full."""
 
 _DOC = """Fit {cls} on ``adata`` and write its embedding, scanpy style.
 
