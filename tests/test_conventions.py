@@ -8,7 +8,6 @@ import typing
 import pytest
 
 import scvae
-from scvae.models import VAEModel
 
 WRITERS = ["zinbvae", "nbvae", "poissonvae", "gaussianvae", "ppca", "gmm"]
 VAE_TOOLS = {
@@ -77,9 +76,9 @@ def _public_callables():
         yield f"tl.{name}", getattr(scvae.tl, name)
     for cls in MODELS:
         yield cls.__name__, cls
-        for attr, member in vars(VAEModel if issubclass(cls, VAEModel) else cls).items():
-            if not attr.startswith("_") and callable(member):
-                yield f"{cls.__name__}.{attr}", getattr(cls, attr)
+        for attr, member in inspect.getmembers(cls, callable):
+            if not attr.startswith("_") and getattr(member, "__module__", "").startswith("scvae"):
+                yield f"{cls.__name__}.{attr}", member
 
 
 @pytest.mark.parametrize(("name", "func"), list(_public_callables()))
