@@ -229,7 +229,9 @@ class TrainingPlan(pl.LightningModule):
         means = self._epoch_means("validation")
         self._pending_validation = means
         if means:
-            self.log("validation_elbo", means["validation_elbo"], prog_bar=True)
+            # in float64, so that early stopping compares the same numbers as the history
+            value = torch.tensor(means["validation_elbo"], dtype=torch.float64)
+            self.log("validation_elbo", value, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         """Record one row of history: train and validation means of this epoch."""
