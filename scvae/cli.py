@@ -17,6 +17,7 @@ import os
 import stat
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -440,7 +441,14 @@ def _highly_variable(adata, layer: str | None, n_top_genes: int):
     sc.pp.normalize_total(log_norm, target_sum=1e4)
     sc.pp.log1p(log_norm)
     sc.pp.highly_variable_genes(log_norm, flavor="seurat", n_top_genes=n_top_genes)
-    return log_norm.var["highly_variable"].to_numpy()
+    mask = log_norm.var["highly_variable"].to_numpy()
+    n_empty = int(np.count_nonzero(np.asarray(counts[:, mask].sum(axis=1)).ravel() <= 0))
+    if n_empty:
+        raise CLIError(
+            f"{n_empty} cells have no counts in the {n_top_genes} most variable genes; pass a "
+            "larger --n-top-genes (0: all genes) or remove those cells first"
+        )
+    return mask
 
 
 def _slots(adata) -> set[str]:
@@ -586,9 +594,12 @@ def _demo(args: argparse.Namespace, mode: int) -> None:
     heldout = model.marginal_log_likelihood(adata[model.validation_indices], n_samples=100).mean()
     sc.pp.neighbors(adata, use_rep="X_zinbvae", random_state=args.seed)
     sc.tl.umap(adata, random_state=args.seed)
-    fig = sc.pl.umap(
-        adata, color="cell_type", return_fig=True, show=False, title="ZINBVAE, PBMC 3k"
-    )
+    with warnings.catch_warnings():  # scanpy's own use of matplotlib: not the user's concern
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        fig = sc.pl.umap(
+            adata, color="cell_type", return_fig=True, show=False, title="ZINBVAE, PBMC 3k"
+        )
     figure = _Staged(png, mode).write(lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
     try:
         staged = _Staged(args.output, mode).write(adata.write_h5ad)
@@ -599,7 +610,7 @@ def _demo(args: argparse.Namespace, mode: int) -> None:
         figure.commit()
     finally:
         figure.discard()
-    epochs = model.fit_params["n_epochs_trained"]
+    epochs = adata.uns["zinbvae"]["params"]["n_epochs_trained"]
     explicit = [("obsm['X_zinbvae']", ""), ("uns['zinbvae']", ""), ("obsm['X_umap']", "")]
     print(
         f"trained {epochs} epochs; held-out log p(x) (IWAE, 100 samples) = {heldout:.1f} "

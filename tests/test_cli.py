@@ -430,3 +430,17 @@ def test_version(capsys) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"scvae {scvae.__version__}"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "demo.h5ad"
+    argv = ["demo", "-o", str(out), "--max-epochs", "2", "--n-top-genes", "1000", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = ad.read_h5ad(out)
+    assert result.n_vars == 1000 and {"X_zinbvae", "X_umap"} <= set(result.obsm)
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "trained 2 epochs" in printed
+    for name in ("obsm['X_zinbvae']", "uns['zinbvae']", "obsm['X_umap']", "obsp['connectivities']"):
+        assert name in printed
