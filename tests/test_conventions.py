@@ -104,3 +104,19 @@ def test_fixed_choices_are_literal_everywhere() -> None:
             if typing.get_origin(annotation) is not typing.Literal:
                 offenders.append(f"{name}({option}: {annotation})")
     assert offenders == []
+
+
+def test_the_model_classes_import_no_lightning() -> None:
+    """Only scvae.train builds a Trainer: models, getters and writers work without Lightning."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, json\nimport scvae.models, scvae.data, scvae.minibatch, scvae.module.vae\n"
+        "print(json.dumps('lightning' in sys.modules or 'lightning.pytorch' in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is False
