@@ -360,8 +360,19 @@ def code_provenance() -> dict[str, Any]:
 
 
 def git_commit(where: Path = REPO_ROOT) -> str | None:
-    """Short commit of the git work tree at ``where``, ``+dirty`` if it has changes."""
+    """Short commit of the git work tree whose top level is ``where``, ``+dirty`` if changed.
+
+    None when ``where`` is not the top of a work tree (e.g. a copy inside another repository).
+    """
     try:
+        top = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if Path(top).resolve() != Path(where).resolve():
+            return None
         head = subprocess.run(
             ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
             capture_output=True,

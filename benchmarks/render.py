@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=Path, default=DOCS)
     p.add_argument("--records", type=Path, default=RECORDS_DIR)
     p.add_argument("--from", dest="source", type=Path, default=None, help="with --print")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="with --update")
     p.add_argument("--update", nargs="+", default=[], choices=list(SECTIONS), metavar="NAME")
     p.add_argument("--print", dest="show", choices=list(SECTIONS), default=None)
     p.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
@@ -578,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         print(SECTIONS[args.show][1](read_result(source / f"{args.show}.json")))
         return 0
     for name in args.update:
-        update_record(name, RESULTS_DIR, args.records)
+        update_record(name, args.results, args.records)
     text = args.docs.read_text()
     rendered = render_docs(text, args.records)
     if args.check:
