@@ -27,6 +27,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 _SUBMODULES = ("datasets", "metrics", "pl", "tl")
 #: public names defined in a submodule -> that submodule
 _ATTRIBUTES = {
+    "FactorAnalysis": "scvae.models",
     "GMM": "scvae.models",
     "NBVAE": "scvae.models",
     "PPCA": "scvae.models",
@@ -41,6 +42,7 @@ __all__ = [
     "NBVAE",
     "PPCA",
     "ZINBVAE",
+    "FactorAnalysis",
     "GaussianVAE",
     "PoissonVAE",
     "TrainingDivergedError",
@@ -53,7 +55,15 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from scvae import datasets, metrics, pl, tl
-    from scvae.models import GMM, NBVAE, PPCA, ZINBVAE, GaussianVAE, PoissonVAE
+    from scvae.models import (
+        GMM,
+        NBVAE,
+        PPCA,
+        ZINBVAE,
+        FactorAnalysis,
+        GaussianVAE,
+        PoissonVAE,
+    )
     from scvae.train import TrainingDivergedError
 
 

@@ -30,7 +30,10 @@ _MODELS = {
     "poisson": "PoissonVAE",
     "gaussian": "GaussianVAE",
     "ppca": "PPCA",
+    "fa": "FactorAnalysis",
 }
+#: models fitted without the VAE training loop (closed form or EM)
+_NOT_VAE = ("ppca", "fa")
 #: ``scvae fit`` options that only the VAEs have (PPCA is fitted in closed form)
 _VAE_ONLY = {
     "batch_key": "--batch-key",
@@ -146,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(_MODELS),
         default="zinb",
         help="zinb: ZINBVAE (default), nb: NBVAE, poisson: PoissonVAE, gaussian: GaussianVAE "
-        "(on log-normalized counts), ppca: probabilistic PCA (closed form)",
+        "(on log-normalized counts), ppca: probabilistic PCA (closed form), "
+        "fa: factor analysis (EM)",
     )
     fit.add_argument(
         "--layer", default=None, metavar="NAME", help="layer with the raw counts (default: X)"
@@ -466,10 +470,11 @@ def _written(explicit: list[tuple[str, str]], before: set[str], after) -> str:
 
 
 def _fit(args: argparse.Namespace, mode: int) -> None:
-    if args.model == "ppca":
+    if args.model in _NOT_VAE:
+        how = "fitted in closed form" if args.model == "ppca" else "fitted by EM"
         for dest, option in _VAE_ONLY.items():
             if getattr(args, dest) is not None:
-                raise CLIError(f"{option} does not apply to --model ppca (fitted in closed form)")
+                raise CLIError(f"{option} does not apply to --model {args.model} ({how})")
     _check_destination(args.output, "-o")
     if args.save_model is not None:
         _check_destination(args.save_model, "--save-model", directory=True)
@@ -485,8 +490,8 @@ def _fit(args: argparse.Namespace, mode: int) -> None:
         data = adata[:, hvg].copy()
     options = {k: v for k, v in vars(args).items() if v is not None}
     accelerator = options.get("accelerator", "auto")
-    if args.model == "ppca":
-        model = scvae.PPCA(data, layer=args.layer, n_latent=args.n_latent)
+    if args.model in _NOT_VAE:
+        model = getattr(scvae, _MODELS[args.model])(data, layer=args.layer, n_latent=args.n_latent)
         model.fit(seed=args.seed, accelerator=accelerator)
     else:
         model_class = getattr(scvae, _MODELS[args.model])

@@ -175,6 +175,16 @@ def test_gaussian_model_via_cli(h5ad, tmp_path) -> None:
     assert code == 0 and ad.read_h5ad(out).obsm["X_gaussianvae"].shape == (80, 10)
 
 
+def test_factor_analysis_via_cli(h5ad, tmp_path, capsys) -> None:
+    out = tmp_path / "out.h5ad"
+    assert main(["fit", str(h5ad), "-o", str(out), "--model", "fa", "--n-latent", "3"]) == 0
+    result = ad.read_h5ad(out)
+    assert result.obsm["X_fa"].shape == (80, 3) and result.varm["FA_loadings"].shape == (40, 3)
+    assert "uns['fa']" in capsys.readouterr().out
+    code = main(["fit", str(h5ad), "-o", str(out), "--model", "fa", "--max-epochs", "2"])
+    assert code == 2 and "--max-epochs does not apply to --model fa" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ issue 11: the command line
 def _one_line_error(capsys, code: int, *, status: int = 2) -> str:
     err = capsys.readouterr().err

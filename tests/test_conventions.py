@@ -9,14 +9,22 @@ import pytest
 
 import scvae
 
-WRITERS = ["zinbvae", "nbvae", "poissonvae", "gaussianvae", "ppca", "gmm"]
+WRITERS = ["zinbvae", "nbvae", "poissonvae", "gaussianvae", "ppca", "factor_analysis", "gmm"]
 VAE_TOOLS = {
     "zinbvae": scvae.ZINBVAE,
     "nbvae": scvae.NBVAE,
     "poissonvae": scvae.PoissonVAE,
     "gaussianvae": scvae.GaussianVAE,
 }
-MODELS = [scvae.ZINBVAE, scvae.NBVAE, scvae.PoissonVAE, scvae.GaussianVAE, scvae.PPCA, scvae.GMM]
+MODELS = [
+    scvae.ZINBVAE,
+    scvae.NBVAE,
+    scvae.PoissonVAE,
+    scvae.GaussianVAE,
+    scvae.PPCA,
+    scvae.FactorAnalysis,
+    scvae.GMM,
+]
 #: options with a fixed set of values: annotated with Literal wherever they appear
 CHOICES = {"dispersion", "library", "covariance_type", "backend", "ddof"}
 

@@ -7,11 +7,13 @@ module                  models
 ``_scvi.py``            :class:`ZINBVAE`, :class:`NBVAE`, :class:`PoissonVAE`
 ``_gaussian_vae.py``    :class:`GaussianVAE`
 ``_ppca.py``            :class:`PPCA`
+``_fa.py``              :class:`FactorAnalysis`
 ``_gmm.py``             :class:`GMM`
 ``_io.py``              the one save/load path (:class:`~scvae.models._io.SavedModel`)
 ======================  ==============================================================
 """
 
+from scvae.models._fa import FactorAnalysis
 from scvae.models._gaussian_vae import GaussianVAE
 from scvae.models._gmm import GMM
 from scvae.models._ppca import PPCA
@@ -24,6 +26,7 @@ __all__ = [
     "NBVAE",
     "PPCA",
     "ZINBVAE",
+    "FactorAnalysis",
     "GaussianVAE",
     "PoissonVAE",
     "VAEConfig",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 #: public function -> the submodule that defines it
 _FUNCTIONS = {
     "evaluate": "scvae.tl._evaluate",
+    "factor_analysis": "scvae.tl._fa",
     "gaussianvae": "scvae.tl._vae",
     "gmm": "scvae.tl._gmm",
     "nbvae": "scvae.tl._vae",
@@ -20,10 +21,20 @@ _FUNCTIONS = {
     "zinbvae": "scvae.tl._vae",
 }
 
-__all__ = ["evaluate", "gaussianvae", "gmm", "nbvae", "poissonvae", "ppca", "zinbvae"]
+__all__ = [
+    "evaluate",
+    "factor_analysis",
+    "gaussianvae",
+    "gmm",
+    "nbvae",
+    "poissonvae",
+    "ppca",
+    "zinbvae",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from scvae.tl._evaluate import evaluate
+    from scvae.tl._fa import factor_analysis
     from scvae.tl._gmm import gmm
     from scvae.tl._ppca import ppca
     from scvae.tl._vae import gaussianvae, nbvae, poissonvae, zinbvae
