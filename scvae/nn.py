@@ -69,9 +69,7 @@ class DecoderOutput:
 
     def reshape(self, *shape: int) -> DecoderOutput:
         """Every tensor reshaped to ``shape`` (e.g. (K*N, G) -> (K, N, G))."""
-        return DecoderOutput(
-            *(None if t is None else t.reshape(*shape) for t in self._tensors())
-        )
+        return DecoderOutput(*(None if t is None else t.reshape(*shape) for t in self._tensors()))
 
     def _tensors(self) -> tuple[torch.Tensor | None, ...]:
         return (self.location, self.zi_logits, self.log_theta)
