@@ -29,6 +29,7 @@ _SUBMODULES = ("datasets", "metrics", "pl", "tl")
 _ATTRIBUTES = {
     "FactorAnalysis": "scvae.models",
     "GMM": "scvae.models",
+    "GMVAE": "scvae.models",
     "NBVAE": "scvae.models",
     "PPCA": "scvae.models",
     "ZINBVAE": "scvae.models",
@@ -39,6 +40,7 @@ _ATTRIBUTES = {
 
 __all__ = [
     "GMM",
+    "GMVAE",
     "NBVAE",
     "PPCA",
     "ZINBVAE",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from scvae import datasets, metrics, pl, tl
     from scvae.models import (
         GMM,
+        GMVAE,
         NBVAE,
         PPCA,
         ZINBVAE,

@@ -9,12 +9,22 @@ import pytest
 
 import scvae
 
-WRITERS = ["zinbvae", "nbvae", "poissonvae", "gaussianvae", "ppca", "factor_analysis", "gmm"]
+WRITERS = [
+    "zinbvae",
+    "nbvae",
+    "poissonvae",
+    "gaussianvae",
+    "ppca",
+    "factor_analysis",
+    "gmm",
+    "gmvae",
+]
 VAE_TOOLS = {
     "zinbvae": scvae.ZINBVAE,
     "nbvae": scvae.NBVAE,
     "poissonvae": scvae.PoissonVAE,
     "gaussianvae": scvae.GaussianVAE,
+    "gmvae": scvae.GMVAE,
 }
 MODELS = [
     scvae.ZINBVAE,
@@ -24,6 +34,7 @@ MODELS = [
     scvae.PPCA,
     scvae.FactorAnalysis,
     scvae.GMM,
+    scvae.GMVAE,
 ]
 #: options with a fixed set of values: annotated with Literal wherever they appear
 CHOICES = {"dispersion", "library", "covariance_type", "backend", "ddof"}

@@ -9,6 +9,7 @@ module                  models
 ``_ppca.py``            :class:`PPCA`
 ``_fa.py``              :class:`FactorAnalysis`
 ``_gmm.py``             :class:`GMM`
+``_gmvae.py``           :class:`GMVAE` (mixture-prior VAE) and :class:`GMVAEConfig`
 ``_io.py``              the one save/load path (:class:`~scvae.models._io.SavedModel`)
 ======================  ==============================================================
 """
@@ -16,6 +17,7 @@ module                  models
 from scvae.models._fa import FactorAnalysis
 from scvae.models._gaussian_vae import GaussianVAE
 from scvae.models._gmm import GMM
+from scvae.models._gmvae import GMVAE, GMVAEConfig
 from scvae.models._ppca import PPCA
 from scvae.models._scvi import NBVAE, ZINBVAE, PoissonVAE
 from scvae.models._vae import VAEModel
@@ -23,10 +25,12 @@ from scvae.models._vae_config import VAEConfig
 
 __all__ = [
     "GMM",
+    "GMVAE",
     "NBVAE",
     "PPCA",
     "ZINBVAE",
     "FactorAnalysis",
+    "GMVAEConfig",
     "GaussianVAE",
     "PoissonVAE",
     "VAEConfig",

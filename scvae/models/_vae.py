@@ -63,6 +63,8 @@ class VAEModel(VAEQueries, SavedModel):
 
     likelihood: ClassVar[Literal["zinb", "nb", "poisson", "gaussian"]] = "zinb"
     default_key: ClassVar[str] = "zinbvae"
+    #: the construction options' class (a subclass of :class:`VAEConfig` for richer models)
+    _config_class: ClassVar[type[VAEConfig]] = VAEConfig
 
     def __init__(
         self,
@@ -441,15 +443,15 @@ class VAEModel(VAEQueries, SavedModel):
         cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], adata: AnnData | None
     ) -> VAEModel:
         model = cls.__new__(cls)
-        config = VAEConfig.from_dict(meta["config"])
+        config = cls._config_class.from_dict(meta["config"])
         model._init_state(DataSetup.from_dict(meta["setup"]), config, data=None)
+        model.training = meta.get("training", meta.get("fit_params", {}))  # older: fit_params
         n_batch = model.setup.n_batch
         module = model._build_module(torch.zeros(n_batch), torch.ones(n_batch))
         module.load_state_dict(tensors)
         model.module = module.eval()
         model._data = model._read_query(adata) if adata is not None else None
         model._obs_names = None if adata is None else pd.Index(adata.obs_names)
-        model.training = meta.get("training", meta.get("fit_params", {}))  # older: fit_params
         history = pd.DataFrame(meta["history"])
         model.history = history.set_index("epoch") if "epoch" in history else history
         for name in ("train_indices", "validation_indices"):

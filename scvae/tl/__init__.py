@@ -15,6 +15,7 @@ _FUNCTIONS = {
     "factor_analysis": "scvae.tl._fa",
     "gaussianvae": "scvae.tl._vae",
     "gmm": "scvae.tl._gmm",
+    "gmvae": "scvae.tl._gmvae",
     "nbvae": "scvae.tl._vae",
     "poissonvae": "scvae.tl._vae",
     "ppca": "scvae.tl._ppca",
@@ -26,6 +27,7 @@ __all__ = [
     "factor_analysis",
     "gaussianvae",
     "gmm",
+    "gmvae",
     "nbvae",
     "poissonvae",
     "ppca",
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from scvae.tl._evaluate import evaluate
     from scvae.tl._fa import factor_analysis
     from scvae.tl._gmm import gmm
+    from scvae.tl._gmvae import gmvae
     from scvae.tl._ppca import ppca
     from scvae.tl._vae import gaussianvae, nbvae, poissonvae, zinbvae
 

@@ -1,0 +1,141 @@
+"""One-line, scanpy-style GMVAE: ``scvae.tl.gmvae(adata, n_components=8)``.
+
+Every option of :class:`scvae.GMVAE` and of its ``fit`` is a keyword, with the same name and
+default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+from anndata import AnnData
+
+from scvae.data import check_writable, cluster_slots, latent_slots
+from scvae.models import GMVAE
+
+__all__ = ["gmvae"]
+
+
+def gmvae(
+    adata: AnnData,
+    *,
+    n_components: int | None = None,
+    candidates: Sequence[int] | None = None,
+    likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+    layer: str | None = None,
+    batch_key: str | None = None,
+    n_latent: int = 10,
+    n_hidden: int = 128,
+    n_layers: int = 1,
+    dropout_rate: float = 0.1,
+    dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
+    library: Literal["latent", "observed"] = "latent",
+    max_epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    train_size: float = 0.9,
+    early_stopping: bool = True,
+    patience: int = 30,
+    n_steps_kl_warmup: int | None = None,
+    seed: int | None = 0,
+    accelerator: str = "auto",
+    devices: int | str | Sequence[int] = "auto",
+    progress_bar: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    n_init: int = 1,
+    n_epochs_pretrain: int | None = None,
+    key_added: str | None = None,
+    copy: bool = False,
+    return_model: bool = False,
+) -> AnnData | GMVAE | tuple[AnnData, GMVAE] | None:
+    """Fit a GMVAE on ``adata`` and write its clusters and embedding, scanpy style.
+
+    Trains :class:`scvae.GMVAE` (see it for the model) and writes
+
+    * ``adata.obs[<key>]``: the cluster of each cell (categorical), ``argmax_y q(y | x)``;
+    * ``adata.obsm[<key> + "_proba"]``: ``q(y | x)``, (n_cells, K);
+    * ``adata.uns[<key>]``: ``params`` and the mixture prior (``weights``, ``means``,
+      ``variances``; ``selection`` when K was chosen or restarts were made);
+    * ``adata.obsm["X_<key>"]``: posterior mean of ``q(z | x, s)``, (n_cells, n_latent),
+
+    with ``<key>`` = ``key_added`` or ``"gmvae"``. Nothing is written if an error is raised.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes AnnData with raw counts in ``adata.X`` or ``layer``.
+    n_components, candidates, likelihood
+        The mixture and the observation model, as in :class:`scvae.GMVAE`.
+    layer, batch_key, n_latent, n_hidden, n_layers, dropout_rate, dispersion, library
+        Model options, as in :class:`scvae.GMVAE`.
+    max_epochs, batch_size, lr, weight_decay, train_size, early_stopping, patience
+        Fit options, as in :meth:`scvae.GMVAE.fit`.
+    n_steps_kl_warmup, seed, accelerator, devices, progress_bar, checkpoint_dir
+        Fit options, as in :meth:`scvae.GMVAE.fit`.
+    n_init, n_epochs_pretrain
+        Restarts per K and epochs of the pretraining, as in :meth:`scvae.GMVAE.fit`.
+    key_added
+        Name of the results (default ``"gmvae"``; not starting with ``"X_"``).
+    copy
+        Work on a copy of ``adata`` and return it.
+    return_model
+        Also return the fitted model.
+
+    Returns
+    -------
+    None, or the AnnData copy (``copy=True``), or the model (``return_model=True``), or both as
+    ``(adata, model)``.
+
+    Examples
+    --------
+    >>> scvae.tl.gmvae(adata, n_components=8, batch_key="batch")
+    >>> sc.pl.umap(adata, color="gmvae")
+    """
+    if not copy:
+        check_writable(adata, copy_option=True)
+    cluster_slots(key_added, GMVAE.default_key)  # a bad key fails before training
+    latent_slots(key_added, GMVAE.default_key)
+    if isinstance(key_added, str) and key_added.startswith("X_"):
+        raise ValueError(
+            f"key_added names the clusters: not starting with 'X_', got {key_added!r}."
+        )
+    model = GMVAE(
+        adata,
+        n_components=n_components,
+        candidates=candidates,
+        likelihood=likelihood,
+        layer=layer,
+        batch_key=batch_key,
+        n_latent=n_latent,
+        n_hidden=n_hidden,
+        n_layers=n_layers,
+        dropout_rate=dropout_rate,
+        dispersion=dispersion,
+        library=library,
+    )
+    model.fit(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        train_size=train_size,
+        early_stopping=early_stopping,
+        patience=patience,
+        n_steps_kl_warmup=n_steps_kl_warmup,
+        seed=seed,
+        accelerator=accelerator,
+        devices=devices,
+        progress_bar=progress_bar,
+        checkpoint_dir=checkpoint_dir,
+        n_init=n_init,
+        n_epochs_pretrain=n_epochs_pretrain,
+    )
+    target = adata.copy() if copy else adata
+    model.write_clusters(target, key_added=key_added)
+    model.write_latent(target, key_added=key_added)
+    if copy:
+        return (target, model) if return_model else target
+    return model if return_model else None
