@@ -18,6 +18,8 @@ For each ``*.h5ad`` file in ``--data-dir`` (raw counts in ``X``, ``obs["cell_typ
      ``fit(max_epochs=--max-epochs, train_size=0.9, seed=0)``, i.e. 10 % of the train cells
      are the validation set for early stopping);
    * ``PPCA(n_latent=10)`` on the log-normalized data (closed form);
+   * ``FactorAnalysis(n_latent=10)`` on the log-normalized data (EM from PPCA's solution,
+     default floor ``psi_floor=1e-2`` of the mean gene variance);
    * ``GMM`` with diagonal covariances and ``K`` = number of cell types directly on the
      2,000-D log-normalized data, once with scvae's default variance floor
      ``reg_covar=1e-6`` and once with ``reg_covar=0.1`` (``--gmm-reg-covar``): with the
@@ -28,10 +30,12 @@ For each ``*.h5ad`` file in ``--data-dir`` (raw counts in ``X``, ``obs["cell_typ
    "Log-normalized" is ``log1p(counts / total * 1e4)`` with the total over the chosen genes,
    which is what ``GaussianVAE`` and ``PPCA`` compute inside; the GMM gets the same matrix.
 4. Held-out log-likelihood per cell (nats, mean ± standard error over held-out cells):
-   IWAE estimate with 100 importance samples for the VAEs, exact for PPCA and the GMM.
+   IWAE estimate with 100 importance samples for the VAEs, exact for PPCA, factor analysis
+   and the GMM.
    Count models are scored on the counts, Gaussian models on the log-normalized data; the two
    spaces are reported in separate columns and are not comparable with each other.
-5. Clustering: for every model with an embedding (the four VAEs and PPCA) a ``GMM`` with full
+5. Clustering: for every model with an embedding (the four VAEs, PPCA and factor analysis) a
+   ``GMM`` with full
    covariances, ``K`` = number of cell types, seed 0, is fitted on the embedding of all cells
    (train and held-out, ``get_latent`` on the full data); ARI and NMI (scikit-learn) of its
    clusters against ``cell_type``. The 2,000-D GMM's own clusters (fitted on the train cells,
@@ -48,8 +52,9 @@ Run from the repository root, in the environment where scvae is installed::
     python benchmarks/baselines.py
 
 (defaults: ``--data-dir ../shared/data --max-epochs 100 --n-top-genes 2000 --n-samples 100
---seed 0 --gmm-reg-covar 1e-6 0.1``, every data set; ``--datasets pbmc3k_raw_annotated``
-picks a subset by file stem).
+--seed 0 --gmm-reg-covar 1e-6 0.1``, every data set and model; ``--datasets
+pbmc3k_raw_annotated`` picks a subset by file stem, ``--models PPCA FactorAnalysis`` a subset
+of the rows by model name, ``GMM`` standing for the GMM rows).
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ import scvae
 
 VAES: tuple[type, ...] = (scvae.ZINBVAE, scvae.NBVAE, scvae.PoissonVAE, scvae.GaussianVAE)
 COUNT_VAES = ("ZINBVAE", "NBVAE", "PoissonVAE")
+MODEL_NAMES = (*(c.__name__ for c in VAES), "PPCA", "FactorAnalysis", "GMM")
 Row = dict[str, Any]
 
 
@@ -116,6 +122,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[1e-6, 0.1],
         help="variance floors of the diagonal GMM on genes, one row each",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=MODEL_NAMES,
+        help="rows to run (default: all); GMM stands for the GMM rows",
     )
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     return p.parse_args(argv)
@@ -278,6 +291,35 @@ def run_ppca(data: Dataset, *, seed: int) -> Row:
     return row("PPCA", fit_time, ll_lognorm=ll, scores=scores)
 
 
+def run_fa(data: Dataset, *, seed: int) -> Row:
+    """Fit factor analysis (10 factors) on the train cells; exact held-out log-likelihood.
+
+    Parameters
+    ----------
+    data
+        The data set.
+    seed
+        Seed of the fit (PPCA's initialization) and of the clustering GMM.
+
+    Returns
+    -------
+    dict
+        See :func:`row` (log-normalized space).
+    """
+    train = data.adata[data.train_idx].copy()
+    heldout = data.adata[data.heldout_idx].copy()
+    start = time.perf_counter()
+    model = scvae.FactorAnalysis(train, n_latent=10).fit(seed=seed, accelerator="cpu")
+    fit_time = time.perf_counter() - start
+    ll = model.marginal_log_likelihood(heldout)
+    latent = model.get_latent(data.adata)
+    scores = cluster_scores(latent, data.adata.obs[LABEL_KEY], data.n_types, seed)
+    out = row("FactorAnalysis", fit_time, ll_lognorm=ll, scores=scores)
+    out["em_iterations"] = model.estimate.n_iter
+    out["em_converged"] = bool(model.estimate.converged)
+    return out
+
+
 def run_gmm_lognorm(data: Dataset, *, reg_covar: float, seed: int) -> Row:
     """Fit a diagonal GMM on the train cells' log-normalized genes; score held-out cells.
 
@@ -336,11 +378,14 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> list[Row]:
     runs: list[tuple[str, Callable[[], Row]]] = [
         *[(c.__name__, lambda c=c: run_vae(c, data, **vae)) for c in VAES],
         ("PPCA", lambda: run_ppca(data, seed=args.seed)),
+        ("FactorAnalysis", lambda: run_fa(data, seed=args.seed)),
         *[
             (f"GMM reg_covar={r:g}", lambda r=r: run_gmm_lognorm(data, reg_covar=r, seed=args.seed))
             for r in args.gmm_reg_covar
         ],
     ]
+    if args.models is not None:
+        runs = [(name, run) for name, run in runs if name.split()[0] in args.models]
     rows = []
     for name, run in runs:
         start = time.perf_counter()
