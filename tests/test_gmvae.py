@@ -82,6 +82,14 @@ def test_clusters_recover_the_simulated_ones(fitted, clustered) -> None:
     assert list(fitted.history["phase"].unique()) == ["pretrain", "mixture"]
 
 
+def test_generate_draws_z_from_the_mixture(fitted) -> None:
+    out = fitted.generate(300, seed=0)
+    z = torch.as_tensor(out.obsm["X_latent"])
+    _, mu, var = fitted.module.mixture()
+    nearest = ((z[:, None] - mu.detach()) ** 2 / var.detach()).sum(-1).min(1).values
+    assert out.n_obs == 300 and float(nearest.median()) < 3 * z.shape[1]  # chi2_L median ~ L
+
+
 def test_predict_soft_rows_sum_to_one_and_are_named(fitted, clustered) -> None:
     soft = fitted.predict(clustered[:40], soft=True)
     assert isinstance(soft, pd.DataFrame) and soft.shape == (40, 3)

@@ -279,7 +279,9 @@ class VAEQueries:
 
     @torch.inference_mode()
     def generate(self, n_cells: int, *, batch: Any = None, seed: int = 0) -> AnnData:
-        """Ancestral sampling from the prior: ``z ~ N(0, I)``, ``l ~ p(l | s)``, ``x ~ p(x|z,l,s)``.
+        """Ancestral sampling from the prior: ``z ~ p(z)``, ``l ~ p(l | s)``, ``x ~ p(x|z,l,s)``.
+
+        ``p(z)`` is ``N(0, I)``, or the mixture of :class:`GMVAE` (``y ~ pi``, then ``z | y``).
 
         Parameters
         ----------
@@ -302,7 +304,7 @@ class VAEQueries:
         codes = self._batch_codes(batch, n_cells)
         module.to(self.device).eval()
         with _seeded(seed, self.device):
-            z = torch.randn(n_cells, self.config.n_latent, device=self.device)  # (N, L)
+            z = module.sample_prior_z(n_cells, device=self.device)  # (N, L)
             log_library = module.library_prior(codes).sample()  # (N, 1)
             x = module.generative(z, log_library, codes).sample()  # (N, G)
         x = x.cpu().numpy()

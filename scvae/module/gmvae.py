@@ -117,6 +117,14 @@ class GMVAEModule(VAEModule):
         log_n = -0.5 * (math.log(2 * math.pi) + torch.log(var) + (zz - mu).square() / var)
         return torch.logsumexp(log_pi + log_n.sum(-1), dim=-1)
 
+    def sample_prior_z(self, n_cells: int, *, device: torch.device) -> torch.Tensor:
+        """``n_cells`` draws of ``z``: ``y ~ Cat(pi)``, then ``z ~ N(mu_y, sigma_y^2)``: (N, L)."""
+        if not self.mixture_prior:
+            return super().sample_prior_z(n_cells, device=device)
+        log_pi, mu, var = (t.detach().to(device) for t in self.mixture())
+        y = torch.multinomial(log_pi.exp(), n_cells, replacement=True)  # (N,)
+        return mu[y] + var[y].sqrt() * torch.randn(n_cells, self.n_latent, device=device)
+
     # ----------------------------------------------------------------------------------- loss
     def loss(self, batch: Minibatch, *, kl_weight: float = 1.0) -> LossOutput:
         """Negative ELBO with the KL to the mixture exact over y; ``kl_z`` is its mixture part."""

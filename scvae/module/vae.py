@@ -232,6 +232,10 @@ class VAEModule(nn.Module):
         return self.observation.normalized(self.decode(z, batch_index), library_size)
 
     # --------------------------------------------------------------------------------- priors
+    def sample_prior_z(self, n_cells: int, *, device: torch.device) -> torch.Tensor:
+        """``n_cells`` draws of ``z`` from its prior ``N(0, I)``: (N, L)."""
+        return torch.randn(n_cells, self.n_latent, device=device)
+
     def library_prior(self, batch_index: torch.Tensor) -> Normal:
         """Per-batch empirical prior ``p(log l | s)`` for each cell, over (N, 1)."""
         mean = self.library_log_mean[batch_index].unsqueeze(-1)  # (N, 1)
