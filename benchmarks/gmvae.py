@@ -50,6 +50,7 @@ import scanpy as sc
 import torch
 from _common import (
     DATA_DIR,
+    DOCS,
     LABEL_KEY,
     RESULTS_DIR,
     Dataset,
@@ -57,9 +58,11 @@ from _common import (
     describe,
     label_scores,
     load_dataset,
+    md_table,
     mean_se,
     paired_difference,
     write_result,
+    write_section,
 )
 from threadpoolctl import threadpool_limits
 
@@ -86,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-main", action="store_true", help="only the --select-k runs")
     p.add_argument("--name", default="gmvae")
     p.add_argument("--merge", nargs="+", type=Path, default=None)
+    p.add_argument("--render", type=Path, default=None, help="a result file -> docs table")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     return p.parse_args(argv)
 
@@ -218,7 +222,17 @@ def merge(paths: list[Path], out_dir: Path) -> None:
     """Combine the ``datasets`` and ``select_k`` of several result files into gmvae.json."""
     parts = [json.loads(p.read_text()) for p in paths]
     combined = dict(parts[0])
-    combined["datasets"] = [d for p in parts for d in p.get("datasets", [])]
+    by_name: dict[str, dict[str, Any]] = {}
+    for d in (d for p in parts for d in p.get("datasets", []) if d["seeds"]):
+        name = d["summary"]["name"]
+        if name in by_name:  # the seeds of one data set run in several processes
+            by_name[name]["seeds"] += d["seeds"]
+        else:
+            by_name[name] = {**d, "seeds": list(d["seeds"])}
+    for d in by_name.values():
+        d["seeds"].sort(key=lambda r: r["seed"])
+    combined["datasets"] = [by_name[n] for n in sorted(by_name)]  # a data set cut short
+    # before its first seed is left out
     combined["select_k"] = [d for p in parts for d in p.get("select_k", [])]
     combined["merged_from"] = [p["command"] for p in parts]
     combined["total_s"] = sum(p.get("total_s", 0.0) for p in parts)
@@ -226,11 +240,161 @@ def merge(paths: list[Path], out_dir: Path) -> None:
     print(f"wrote {out_dir / 'gmvae.json'}")
 
 
+HEADING = "## Mixture-prior VAE (GMVAE)"
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    """``mean ± sd`` over seeds (sd with ddof=1; the mean alone for one seed)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return "-"
+    if v.size == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown tables of ``docs/benchmarks.md`` from a result of this driver."""
+    sets = result["datasets"]
+    names = [d["summary"]["name"] for d in sets]
+    n_seeds = max((len(d["seeds"]) for d in sets), default=0)
+    settings = result["settings"]
+    lines = [
+        f"`python {result['command'].split('python ', 1)[-1]}`" if "command" in result else "",
+        "",
+        f"{n_seeds} seed(s) (fit seeds; split and genes fixed as in the baselines table), "
+        f"{settings['max_epochs']} epochs in all per model (GMVAE: a quarter pretraining, the "
+        "rest with the mixture), early stopping on the validation ELBO, one torch thread, a "
+        "shared 2-core machine. Values are mean ± sd over seeds.",
+        "",
+        "**Held-out log p(x)** (nats per cell, IWAE with "
+        f"{settings['n_samples']} samples, mean over held-out cells; the difference is paired "
+        "on the same cells):",
+        "",
+    ]
+
+    def per_seed(d: dict[str, Any], path: list[str]) -> list[float]:
+        out = []
+        for r in d["seeds"]:
+            v: Any = r
+            for key in path:
+                v = v.get(key) if isinstance(v, dict) else None
+            out.append(v)
+        return out
+
+    rows = []
+    for d in sets:
+        rows.append(
+            [
+                d["summary"]["name"],
+                _spread(per_seed(d, ["ll", "zinbvae", "mean"]), 1),
+                _spread(per_seed(d, ["ll", "gmvae", "mean"]), 1),
+                _spread(per_seed(d, ["ll", "gmvae_minus_zinbvae", "mean"]), 1),
+            ]
+        )
+    lines.append(md_table(["data set", "ZINBVAE", "GMVAE", "GMVAE - ZINBVAE"], rows, "lrrr"))
+    methods = [
+        ("GMVAE clusters (K = types)", ["gmvae_clusters"]),
+        ("`tl.gmm` on ZINBVAE latent", ["gmm_on_zinbvae"]),
+        ("Leiden on ZINBVAE latent, res 1.0", ["leiden_zinbvae", "res1"]),
+        ("Leiden on PCA, res 1.0", None),
+        ("Leiden on GMVAE latent, res 1.0", ["leiden_gmvae_latent", "res1"]),
+        ("Leiden on ZINBVAE latent, best res (uses labels)", ["leiden_zinbvae", "best"]),
+        ("Leiden on PCA, best res (uses labels)", None),
+    ]
+    for metric in ("ari", "nmi"):
+        lines += ["", f"**{metric.upper()}** against `cell_type` (all cells):", ""]
+        rows = []
+        for label, path in methods:
+            cells = [label]
+            for d in sets:
+                if path is None:  # PCA: one embedding per data set, no seed
+                    which = "res1" if "res 1.0" in label else "best"
+                    cells.append(f"{d['leiden_pca'][which][metric]:.2f}")
+                else:
+                    cells.append(_spread(per_seed(d, [*path, metric])))
+            rows.append(cells)
+        lines.append(md_table(["method", *names], rows, "l" + "r" * len(names)))
+    multi = [d for d in sets if d["seeds"] and "mixing" in d["seeds"][0]]
+    if multi:
+        lines += [
+            "",
+            "**Batch mixing** (`scvae.tl.evaluate`: scaled iLISI, kBET per cell type; higher "
+            "mixes more):",
+            "",
+        ]
+        rows = []
+        for d in multi:
+            for model in ("zinbvae", "gmvae"):
+                rows.append(
+                    [
+                        d["summary"]["name"],
+                        "ZINBVAE" if model == "zinbvae" else "GMVAE",
+                        _spread(per_seed(d, ["mixing", model, "ilisi"]), 3),
+                        _spread(per_seed(d, ["mixing", model, "kbet"]), 3),
+                    ]
+                )
+        lines.append(md_table(["data set", "model", "iLISI", "kBET"], rows, "llrr"))
+    lines += [
+        "",
+        "**Components used** (cells of all cells whose most probable component it is; K = "
+        "number of cell types), and fit time:",
+        "",
+    ]
+    rows = []
+    for d in sets:
+        occ = [r["gmvae_clusters"]["n_occupied"] for r in d["seeds"]]
+        rows.append(
+            [
+                d["summary"]["name"],
+                str(d["summary"]["n_types"]),
+                ", ".join(map(str, occ)),
+                _spread([r["zinbvae_fit_s"] for r in d["seeds"]], 0),
+                _spread([r["gmvae_fit_s"] for r in d["seeds"]], 0),
+            ]
+        )
+    lines.append(
+        md_table(
+            ["data set", "K", "occupied per seed", "ZINBVAE fit s", "GMVAE fit s"], rows, "lrlrr"
+        )
+    )
+    for sel in result.get("select_k", []):
+        table = sel["selection"]
+        lines += [
+            "",
+            f"**Choice of K** on {sel['name']} ({sel['n_types']} cell types; "
+            "`n_components=None`, seed 0): validation ELBO per candidate; chosen "
+            f"K = {sel['chosen_k']}, ARI {sel['ari']:.2f}, NMI {sel['nmi']:.2f}.",
+            "",
+        ]
+        rows = [
+            [str(k), str(i), f"{e:.1f}", str(o)]
+            for k, i, e, o in zip(
+                table["n_components"],
+                table["restart"],
+                table["validation_elbo"],
+                table["n_occupied"],
+                strict=True,
+            )
+        ]
+        lines.append(md_table(["K", "restart", "validation ELBO", "occupied"], rows, "rrrr"))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring)."""
     args = parse_args(argv)
     if args.merge:
         merge(args.merge, args.out_dir)
+        return 0
+    if args.render:
+        write_section(
+            render(json.loads(args.render.read_text())),
+            tool="records/gmvae.json",
+            heading=HEADING,
+            path=DOCS,
+        )
+        print(f"rendered {args.render} into {DOCS}")
         return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
