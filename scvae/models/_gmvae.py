@@ -252,7 +252,10 @@ class GMVAE(VAEModel):
         n_init
             Restarts per value of K (GMM seeds); the best validation ELBO is kept.
         n_epochs_pretrain
-            Epochs of the pretraining; None: a quarter of ``max_epochs`` (at least 10).
+            Epochs of the pretraining; None: a quarter of ``max_epochs`` (at least 10). The
+            mixture starts from a GMM on this latent, so a pretraining too short to separate
+            the cell types is not repaired later (``docs/math.md``: on cellbench 25 epochs
+            gave ARI 0.68, 75 epochs 0.997); raise it when clusters look split by batch.
         callbacks
             Extra Lightning callbacks, given to every phase.
 
