@@ -218,17 +218,17 @@ def run_select_k(data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def merge(paths: list[Path], out_dir: Path) -> None:
-    """Combine the ``datasets`` and ``select_k`` of several result files into gmvae.json."""
+def merge(paths: list[Path], out_dir: Path, name: str = "gmvae") -> None:
+    """Combine the ``datasets`` and ``select_k`` of several result files into <name>.json."""
     parts = [json.loads(p.read_text()) for p in paths]
     combined = dict(parts[0])
     by_name: dict[str, dict[str, Any]] = {}
     for d in (d for p in parts for d in p.get("datasets", []) if d["seeds"]):
-        name = d["summary"]["name"]
-        if name in by_name:  # the seeds of one data set run in several processes
-            by_name[name]["seeds"] += d["seeds"]
+        stem = d["summary"]["name"]
+        if stem in by_name:  # the seeds of one data set run in several processes
+            by_name[stem]["seeds"] += d["seeds"]
         else:
-            by_name[name] = {**d, "seeds": list(d["seeds"])}
+            by_name[stem] = {**d, "seeds": list(d["seeds"])}
     for d in by_name.values():
         d["seeds"].sort(key=lambda r: r["seed"])
     combined["datasets"] = [by_name[n] for n in sorted(by_name)]  # a data set cut short
@@ -236,8 +236,8 @@ def merge(paths: list[Path], out_dir: Path) -> None:
     combined["select_k"] = [d for p in parts for d in p.get("select_k", [])]
     combined["merged_from"] = [p["command"] for p in parts]
     combined["total_s"] = sum(p.get("total_s", 0.0) for p in parts)
-    (out_dir / "gmvae.json").write_text(json.dumps(combined, indent=1) + "\n")
-    print(f"wrote {out_dir / 'gmvae.json'}")
+    (out_dir / f"{name}.json").write_text(json.dumps(combined, indent=1) + "\n")
+    print(f"wrote {out_dir / f'{name}.json'}")
 
 
 HEADING = "## Mixture-prior VAE (GMVAE)"
@@ -259,13 +259,17 @@ def render(result: dict[str, Any]) -> str:
     names = [d["summary"]["name"] for d in sets]
     n_seeds = max((len(d["seeds"]) for d in sets), default=0)
     settings = result["settings"]
+    commands = result.get("merged_from") or [result.get("command", "")]
+    pre = pretrain_epochs(argparse.Namespace(**result["settings"]))
     lines = [
-        f"`python {result['command'].split('python ', 1)[-1]}`" if "command" in result else "",
+        "Runs (merged with `--merge`): " + "; ".join(f"`{c}`" for c in commands),
         "",
-        f"{n_seeds} seed(s) (fit seeds; split and genes fixed as in the baselines table), "
-        f"{settings['max_epochs']} epochs in all per model (GMVAE: a quarter pretraining, the "
-        "rest with the mixture), early stopping on the validation ELBO, one torch thread, a "
-        "shared 2-core machine. Values are mean ± sd over seeds.",
+        f"Up to {n_seeds} fit seeds per data set (the 'occupied' column below lists one entry "
+        "per seed; split and genes fixed as in the baselines table), "
+        f"{settings['max_epochs']} epochs in all per model (GMVAE: {pre} pretraining with "
+        f"N(0, I), {settings['max_epochs'] - pre} with the mixture), early stopping on the "
+        "validation ELBO, one torch thread, a shared 2-core machine (fit times are slow and "
+        "noisy). Values are mean ± sd over seeds.",
         "",
         "**Held-out log p(x)** (nats per cell, IWAE with "
         f"{settings['n_samples']} samples, mean over held-out cells; the difference is paired "
@@ -385,13 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring)."""
     args = parse_args(argv)
     if args.merge:
-        merge(args.merge, args.out_dir)
+        merge(args.merge, args.out_dir, args.name)
         return 0
     if args.render:
+        result = json.loads(args.render.read_text())
+        main_table = args.render.name == "gmvae.json"
+        pre = result["settings"].get("n_epochs_pretrain")
         write_section(
-            render(json.loads(args.render.read_text())),
-            tool="records/gmvae.json",
-            heading=HEADING,
+            render(result),
+            tool=f"records/{args.render.name}",
+            heading=HEADING if main_table else f"### GMVAE with {pre} pretraining epochs",
             path=DOCS,
         )
         print(f"rendered {args.render} into {DOCS}")
