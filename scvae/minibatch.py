@@ -23,7 +23,8 @@ from scvae.distributions import NonZeros
 __all__ = ["CSRMinibatches", "Minibatch", "sparse_input_pays"]
 
 #: Largest fraction of non-zero counts at which the encoders read their input sparsely on the
-#: CPU, and the fewest genes (``benchmarks/sparse_input.py`` measured the crossover).
+#: CPU, and the fewest genes (measured at 27e3092; `benchmarks/speed.py --genes 1000 2000 5000 all`
+#: shows the effect through fit).
 SPARSE_INPUT_MAX_DENSITY = 0.1
 SPARSE_INPUT_MIN_GENES = 8000
 
