@@ -232,7 +232,7 @@ class VAEModel(VAEQueries, SavedModel):
             The loss became NaN/inf; the message says what probably caused it. The model keeps
             its previous state.
         """
-        from scvae.train import TrainConfig, TrainingDivergedError, train_vae  # Lightning: lazily
+        from scvae.train import TrainConfig, train_vae  # Lightning: imported lazily
 
         data = self._require_training_data()
         config = TrainConfig(
@@ -255,16 +255,13 @@ class VAEModel(VAEQueries, SavedModel):
         log_mean, log_var = library_log_prior(
             data.library_size, data.batch_index, self.setup.n_batch
         )
-        try:
-            result = train_vae(
-                lambda: self._build_module(log_mean, log_var),
-                data,
-                config,
-                callbacks=callbacks,
-                model_options={"model": type(self).__name__, **self.config.to_dict()},
-            )
-        except TrainingDivergedError as err:
-            raise TrainingDivergedError(str(err)) from None
+        result = train_vae(  # raises TrainingDivergedError with a clean traceback
+            lambda: self._build_module(log_mean, log_var),
+            data,
+            config,
+            callbacks=callbacks,
+            model_options={"model": type(self).__name__, **self.config.to_dict()},
+        )
         if config.early_stopping and not result.record["early_stopping"]:
             _LOG.info("train_size=1.0 leaves no validation cells: early stopping is off.")
         self.module = result.module
@@ -318,19 +315,6 @@ class VAEModel(VAEQueries, SavedModel):
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__} is not trained yet: call model.fit() first.")
         return self.module
-
-    def _batch_codes(self, batch: Any, n_cells: int) -> torch.Tensor:
-        """Codes of one batch label for every cell, or of one label per cell."""
-        if batch is None:
-            labels = [self.setup.batch_categories[0]] * n_cells
-        elif isinstance(batch, str) or np.ndim(batch) == 0:
-            labels = [batch] * n_cells
-        else:
-            labels = list(batch)
-        if len(labels) != n_cells:
-            raise ValueError(f"batch has {len(labels)} labels for n_cells={n_cells}.")
-        codes = [self.setup.batch_code(b) for b in labels]
-        return torch.tensor(codes, dtype=torch.int64, device=self.device)
 
     @torch.inference_mode()
     def get_latent(

@@ -6,8 +6,8 @@ trained module over :class:`~scvae.minibatch.Minibatch` chunks of the cells in e
 model, the cells and ``seed``; memory is the output plus one chunk.
 
 The host class provides ``_trained_module()``, ``_cells(adata)``, ``_minibatches(data,
-batch_size)``, ``_batch_codes(batch, n_cells)``, ``setup``, ``config``, ``device``,
-``observation``, ``var_names``, ``batch_categories`` and ``_obs_names``.
+batch_size)``, ``setup``, ``config``, ``device``, ``observation``, ``var_names``,
+``batch_categories`` and ``_obs_names``.
 """
 
 from __future__ import annotations
@@ -140,18 +140,29 @@ class VAEQueries:
             )
         return positions
 
+    def _batch_label_codes(self, batch: Any) -> list[int]:
+        """Codes of one batch label (string or number) or of a sequence of labels."""
+        labels = [batch] if isinstance(batch, str) or np.ndim(batch) == 0 else list(batch)
+        return [self.setup.batch_code(label) for label in labels]
+
     def _transform_codes(self, transform_batch: Any) -> list[int]:
         """Batch codes to decode under: [] for each cell's own batch."""
         if transform_batch is None:
             return []
-        labels = (
-            [transform_batch]
-            if isinstance(transform_batch, str) or np.ndim(transform_batch) == 0
-            else list(transform_batch)
-        )
-        if not labels:
+        codes = self._batch_label_codes(transform_batch)
+        if not codes:
             raise ValueError("transform_batch is empty; give a batch, several, or None.")
-        return [self.setup.batch_code(label) for label in labels]
+        return codes
+
+    def _batch_codes(self, batch: Any, n_cells: int) -> torch.Tensor:
+        """Codes of one batch label for every cell, or of one label per cell; None: the first."""
+        one_label = batch is None or isinstance(batch, str) or np.ndim(batch) == 0
+        codes = [0] if batch is None else self._batch_label_codes(batch)
+        if one_label:
+            codes = codes * n_cells
+        if len(codes) != n_cells:
+            raise ValueError(f"batch has {len(codes)} labels for n_cells={n_cells}.")
+        return torch.tensor(codes, dtype=torch.int64, device=self.device)
 
     @torch.inference_mode()
     def elbo(
