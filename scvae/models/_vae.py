@@ -33,6 +33,7 @@ from scvae.distributions import ObservationModel, observation_model
 from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
 from scvae.models._io import SavedModel
 from scvae.models._vae_config import VAEConfig
+from scvae.models._de import DifferentialExpression
 from scvae.models._vae_queries import VAEQueries, _seeded
 from scvae.module.vae import VAEModule
 
@@ -58,7 +59,7 @@ _RECORDED = (
 )
 
 
-class VAEModel(VAEQueries, SavedModel):
+class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
     """Shared implementation of the VAEs; see :class:`ZINBVAE` for the documentation."""
 
     likelihood: ClassVar[Literal["zinb", "nb", "poisson", "gaussian"]] = "zinb"
@@ -99,12 +100,14 @@ class VAEModel(VAEQueries, SavedModel):
         )
         self._init_state(setup, config, data=self._transform(data, config))
         self._obs_names = pd.Index(adata.obs_names)
+        self._adata = adata  # a reference (no copy): its obs columns name groups for DE
 
     def _init_state(self, setup: DataSetup, config: VAEConfig, *, data: CellData | None) -> None:
         self.setup = setup
         self.config = config
         self._data = data
         self._obs_names: pd.Index | None = None  # of the training (or default) cells
+        self._adata: AnnData | None = None  # the training (or default) AnnData, by reference
         self.module: VAEModule | None = None
         self.history = pd.DataFrame()
         self.training: dict[str, Any] = {}
@@ -436,6 +439,7 @@ class VAEModel(VAEQueries, SavedModel):
         model.module = module.eval()
         model._data = model._read_query(adata) if adata is not None else None
         model._obs_names = None if adata is None else pd.Index(adata.obs_names)
+        model._adata = adata
         history = pd.DataFrame(meta["history"])
         model.history = history.set_index("epoch") if "epoch" in history else history
         for name in ("train_indices", "validation_indices"):
