@@ -1,9 +1,544 @@
-"""Differential expression from the posterior of a trained VAE (being written)."""
+"""Differential expression from the posterior of a trained count VAE.
+
+For two groups of cells ``A`` and ``B`` the question is whether the *population* mean of the
+normalized expression ``rho_g`` (the decoder's proportions, ``sum_g rho_g = 1``) differs::
+
+    m_A = sum_{n in A} w_n rho(z_n, s) / sum_{n in A} w_n,     LFC_g = log2 m_Ag - log2 m_Bg
+
+Its posterior is drawn by combining the two sources of uncertainty:
+
+* the cells: ``w ~ Dirichlet(1, ..., 1)`` over the cells of each group (Rubin's Bayesian
+  bootstrap: the group is a sample of its population), drawn afresh for every draw of LFC;
+* the model: ``z_n ~ q(z | x_n, s_n)``; each draw of LFC takes for every cell one of
+  ``n_draws_per_cell`` decoder outputs (so each cell is decoded that many times, not once per
+  LFC draw).
+
+Batch correction decodes every ``z_n`` under each batch ``s`` of a set (every batch by default)
+and averages the proportions: the expression the cell would have in the average batch.
+
+From ``n_samples`` draws of ``LFC_g``:
+
+* ``mode="change"``: ``proba_de = P(|LFC_g| > delta)``;
+* ``mode="vanilla"``: ``proba_m1 = P(m_Ag > m_Bg)``, ``bayes_factor = log(p / (1 - p))``
+  and ``proba_de = max(p, 1 - p)``, the posterior probability of the direction;
+
+and the genes called at a target posterior expected false discovery rate (Boyeau et al.,
+PNAS 2023): the largest set of top-ranked genes whose mean ``1 - proba_de`` is at most
+``fdr_target``.
+
+Unlike scvi-tools, which pairs single cells of the two groups (so ``P(|LFC| > delta)`` is the
+probability that a random cell of A differs from a random cell of B, small for most real
+differences), this asks about the groups' means, as scanpy's tests do, with the uncertainty of
+a finite sample of cells and of the posterior of each cell.
+"""
 
 from __future__ import annotations
 
-__all__ = ["DifferentialExpression"]
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from scvae import checks
+from scvae.data import CellData, _obs_labels
+from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
+from scvae.models._vae_queries import _seeded
+
+__all__ = ["MIN_CELLS_PER_GROUP", "DEResult", "DifferentialExpression", "estimate_delta"]
+
+#: the fewest cells a compared group may have (the mean of fewer is left to chance)
+MIN_CELLS_PER_GROUP = 5
+#: elements of one (J, B, G) block of decoded proportions (bounds memory; as scoring)
+_BLOCK_BUDGET = 2**23
+#: floor of ``p`` and ``1 - p`` in the log Bayes factor (as scvi-tools)
+_EPS = 1e-8
+REST = "rest"
+
+
+@dataclass
+class DEResult:
+    """Draws of the group means of the proportions, for every atom group: (K, A, G) each.
+
+    ``sums[k, a]`` is ``sum_n w_kn rho_kn`` over the cells of atom ``a`` and ``weights[k, a]``
+    ``sum_n w_kn``; a group made of several atoms (the rest) sums their rows.
+    """
+
+    sums: torch.Tensor  # (K, A, G) float64
+    weights: torch.Tensor  # (K, A) float64
+    log_sums: torch.Tensor  # (A, G) float64: sum over cells of E_q[log1p(1e4 rho)]
+    n_cells: torch.Tensor  # (A,) cells of each atom
+
+    def group_mean(self, atoms: Sequence[int]) -> torch.Tensor:
+        """Draws of the mean proportions over the union of ``atoms``: (K, G)."""
+        index = torch.as_tensor(list(atoms), dtype=torch.int64)
+        s = self.sums.index_select(1, index).sum(1)  # (K, G)
+        w = self.weights.index_select(1, index).sum(1, keepdim=True)  # (K, 1)
+        return s / w
+
+    def group_log_mean(self, atoms: Sequence[int]) -> torch.Tensor:
+        """Mean over the cells of ``atoms`` of ``E_q[log1p(1e4 rho)]``: (G,)."""
+        index = torch.as_tensor(list(atoms), dtype=torch.int64)
+        return self.log_sums.index_select(0, index).sum(0) / self.n_cells[index].sum()
 
 
 class DifferentialExpression:
-    """Differential expression between groups of cells, mixed into the VAEs."""
+    """Differential expression between groups of cells (mixed into the count VAEs).
+
+    The host class provides ``_trained_module()``, ``_cells(adata)``, ``setup``, ``device``,
+    ``var_names``, ``observation`` and ``_adata`` (the training AnnData, by reference).
+    """
+
+    @torch.inference_mode()
+    def differential_expression(
+        self,
+        adata: AnnData | None = None,
+        *,
+        groupby: str,
+        group1: Any = None,
+        group2: Any = None,
+        mode: Literal["change", "vanilla"] = "change",
+        delta: float | None = 0.25,
+        fdr_target: float = 0.05,
+        batch_correction: bool = True,
+        batches: Sequence[Any] | None = None,
+        n_samples: int = 200,
+        n_draws_per_cell: int = 10,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Genes whose mean normalized expression differs between groups of cells.
+
+        See the module :mod:`scvae.models._de` (and ``docs/math.md``) for the procedure:
+        posterior draws of each group's mean expression proportions, batch-corrected, with a
+        Bayesian bootstrap over the cells; the log2 fold change between the groups; calls at
+        a posterior expected false discovery rate.
+
+        Parameters
+        ----------
+        adata
+            The cells (same genes and batches as training). None: the training AnnData (its
+            ``obs`` as it is now, so a column added after training, e.g. ``leiden``, works).
+        groupby
+            ``obs`` column naming each cell's group. Cells with a missing value are in no group.
+        group1
+            The group to test. None: every group against the rest, in one long table.
+        group2
+            The group to compare with; None: all other cells (``"rest"``).
+        mode
+            ``"change"``: ``P(|LFC| > delta)``, genes whose fold change is larger than
+            ``delta``. ``"vanilla"``: the Bayes factor of ``m1 > m2``; with group means of
+            hundreds of cells almost every gene has a direction, so prefer ``"change"``.
+        delta
+            Smallest log2 fold change that counts as a change (``mode="change"``): 0.25 is a
+            fold of 1.19. None chooses it from the data (:func:`estimate_delta`).
+        fdr_target
+            Target posterior expected false discovery rate of the calls ``is_de_fdr_<target>``.
+        batch_correction
+            Decode every cell under each batch (``batches``, or all the model knows) and
+            average; False decodes each cell under its own batch. With one batch there is
+            nothing to correct and both are the same.
+        batches
+            The batches to average over with ``batch_correction`` (labels as in
+            ``obs[batch_key]``); None: every batch.
+        n_samples
+            Draws of the groups' mean expression (and so of each gene's LFC).
+        n_draws_per_cell
+            Posterior draws of ``z`` per cell, decoded (under each batch) and shared by the
+            ``n_samples`` draws of the means.
+        batch_size
+            Cells per forward pass; None fits a block of ``n_draws_per_cell x cells x genes``
+            in about 32 MB.
+        seed
+            Seeds every draw: the same seed gives the same table.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by gene, best first (by ``proba_de``, then ``|lfc_mean|``), with columns
+            ``proba_de``, ``proba_not_de``, ``bayes_factor``, ``lfc_mean``, ``lfc_median``,
+            ``lfc_std``, ``lfc_min``, ``lfc_max``, ``scale1``, ``scale2`` (posterior mean of
+            the groups' mean proportions), ``raw_mean1``, ``raw_mean2`` (mean counts),
+            ``non_zeros_proportion1``, ``non_zeros_proportion2``, ``raw_normalized_mean1``,
+            ``raw_normalized_mean2`` (mean counts per 10k), ``lognorm_mean1``,
+            ``lognorm_mean2`` (mean over the cells of ``log1p`` of the denoised expression per
+            10k, the scale of ``sc.pp.log1p``; their difference ranks marker genes in
+            :func:`scvae.tl.rank_genes_groups`), ``is_de_fdr_<fdr_target>``,
+            ``delta``; vanilla adds ``proba_m1`` and ``proba_m2``. With ``group1=None`` the
+            tables of every group against the rest are stacked, with columns ``group1``,
+            ``group2`` and ``comparison`` (``"B vs rest"``).
+
+        Raises
+        ------
+        KeyError
+            ``groupby`` is not an obs column, or a group is not in it.
+        ValueError
+            ``group1 == group2``, a group with fewer than ``MIN_CELLS_PER_GROUP`` (5) cells,
+            ``batches`` for a model without a batch covariate, or a non-count model.
+        """
+        module = self._trained_module()
+        if not module.observation.counts:
+            raise ValueError(
+                f"differential_expression compares expression proportions of a count model; "
+                f"{type(self).__name__} models {self.observation.__name__} data. Use ZINBVAE, "
+                "NBVAE or PoissonVAE."
+            )
+        mode = checks.choice("mode", mode, ("change", "vanilla"))
+        if delta is not None:
+            delta = checks.fraction("delta", delta, low=0.0, high=np.inf, include_low=False)
+        fdr_target = checks.fraction("fdr_target", fdr_target, low=0.0, high=1.0)
+        n_samples = checks.positive_int("n_samples", n_samples, minimum=2)
+        n_draws_per_cell = checks.positive_int("n_draws_per_cell", n_draws_per_cell)
+        batch_correction = checks.boolean("batch_correction", batch_correction)
+        decode_codes = self._decode_batches(batch_correction, batches)
+
+        adata, data = self._de_cells(adata)
+        labels = _group_labels(adata, groupby)
+        comparisons, atoms = _comparisons(labels, groupby, group1, group2)
+        atom_of_cell = np.full(len(labels), -1, dtype=np.int64)
+        for a, name in enumerate(atoms):
+            atom_of_cell[labels == name] = a
+        cells = np.flatnonzero(atom_of_cell >= 0)
+        draws = self._group_mean_draws(
+            module,
+            data,
+            cells,
+            atom_of_cell[cells],
+            n_atoms=len(atoms),
+            decode_codes=decode_codes,
+            n_samples=n_samples,
+            n_draws_per_cell=n_draws_per_cell,
+            batch_size=batch_size,
+            seed=checks.resolve_seed(seed),
+        )
+        tables = []
+        for name1, atoms1, name2, atoms2 in comparisons:
+            m1, m2 = draws.group_mean(atoms1), draws.group_mean(atoms2)  # (K, G) each
+            table = _summarize(
+                (torch.log2(m1) - torch.log2(m2)).numpy(),
+                m1.mean(0).numpy(),
+                m2.mean(0).numpy(),
+                mode=mode,
+                delta=delta,
+                fdr_target=fdr_target,
+            )
+            table["lognorm_mean1"] = draws.group_log_mean(atoms1).numpy()
+            table["lognorm_mean2"] = draws.group_log_mean(atoms2).numpy()
+            raw1 = _raw_stats(data, np.isin(atom_of_cell, atoms1))
+            raw2 = _raw_stats(data, np.isin(atom_of_cell, atoms2))
+            for column in raw1:
+                table[f"{column}1"] = raw1[column]
+                table[f"{column}2"] = raw2[column]
+            table.index = pd.Index(self.var_names, name=None)
+            table = _ordered(table, mode)
+            if group1 is None:
+                table.insert(0, "comparison", f"{name1} vs {name2}")
+                table.insert(0, "group2", name2)
+                table.insert(0, "group1", name1)
+            tables.append(table)
+        return tables[0] if len(tables) == 1 else pd.concat(tables)
+
+    # ------------------------------------------------------------------------------ inputs
+    def _de_cells(self, adata: AnnData | None) -> tuple[AnnData, CellData]:
+        """The AnnData naming the groups and its validated cells."""
+        if adata is None:
+            if self._adata is None:
+                raise ValueError(
+                    "This model was loaded without its training AnnData: pass the cells, "
+                    "model.differential_expression(adata, groupby=...)."
+                )
+            adata = self._adata
+            data = self._cells(None)
+            if adata.n_obs != data.X.shape[0]:
+                raise ValueError(
+                    f"The training AnnData now has {adata.n_obs} cells, the model was trained "
+                    f"on {data.X.shape[0]}: pass the cells explicitly, "
+                    "model.differential_expression(adata, groupby=...)."
+                )
+            return adata, data
+        return adata, self._cells(adata)
+
+    def _decode_batches(self, batch_correction: bool, batches: Sequence[Any] | None) -> list[int]:
+        """Batch codes to decode every cell under ([] for each cell's own batch)."""
+        if batches is not None:
+            if self.setup.batch_key is None:
+                raise ValueError(
+                    "batches= names batches to correct for, but this model was trained "
+                    "without batch_key: there are no batches to average over. Drop batches=."
+                )
+            if not batch_correction:
+                raise ValueError("batches= is the set averaged by batch_correction=True.")
+            codes = self._batch_label_codes(batches)
+            if not codes:
+                raise ValueError("batches= is empty; give batch labels, or None for all.")
+            return codes
+        if not batch_correction:
+            return []
+        return list(range(self.setup.n_batch))
+
+    # ------------------------------------------------------------------------------ draws
+    def _group_mean_draws(
+        self,
+        module: Any,
+        data: CellData,
+        cells: np.ndarray,
+        atom: np.ndarray,
+        *,
+        n_atoms: int,
+        decode_codes: list[int],
+        n_samples: int,
+        n_draws_per_cell: int,
+        batch_size: int | None,
+        seed: int,
+    ) -> DEResult:
+        """``n_samples`` Bayesian-bootstrap draws of every atom's mean proportions."""
+        n_genes = self.setup.n_genes
+        J = n_draws_per_cell
+        if batch_size is None:
+            batch_size = max(1, min(1024, _BLOCK_BUDGET // (J * n_genes)))
+        batch_size = checks.positive_int("batch_size", batch_size)
+        device = self.device
+        sums = torch.zeros(n_samples, n_atoms, n_genes, dtype=torch.float64)
+        weights = torch.zeros(n_samples, n_atoms, dtype=torch.float64)
+        log_sums = torch.zeros(n_atoms, n_genes, dtype=torch.float64, device=device)
+        generator = torch.Generator().manual_seed(seed)  # the bootstrap: on the CPU
+        k_block = max(1, min(n_samples, _BLOCK_BUDGET // (batch_size * n_genes)))
+        with _seeded(seed, device):
+            start = 0
+            for batch in self._de_minibatches(data, cells, batch_size):
+                b = batch.n_cells
+                atom_b = torch.as_tensor(atom[start : start + b], device=device)
+                start += b
+                rho = _decoded_proportions(module, batch, J, decode_codes)  # (J, B, G)
+                rho_flat = rho.reshape(J * b, n_genes)
+                log_expr = torch.log1p(1e4 * rho).mean(0).double()  # (B, G) E_q[log1p(1e4 rho)]
+                log_sums.index_add_(0, atom_b, log_expr)
+                for k0 in range(0, n_samples, k_block):
+                    kb = min(k_block, n_samples - k0)
+                    w = torch.empty(kb, b, dtype=torch.float64).exponential_(generator=generator)
+                    j = torch.randint(J, (kb, b), generator=generator)
+                    rows = (j * b + torch.arange(b)).to(device)  # (kb, B) draw of each cell
+                    picked = rho_flat[rows.reshape(-1)].reshape(kb, b, n_genes)  # (kb, B, G)
+                    weighted = picked.double() * w.to(device).unsqueeze(-1)  # (kb, B, G)
+                    block = torch.zeros(kb, n_atoms, n_genes, dtype=torch.float64, device=device)
+                    block.index_add_(1, atom_b, weighted)
+                    sums[k0 : k0 + kb] += block.cpu()
+                    wsum = torch.zeros(kb, n_atoms, dtype=torch.float64)
+                    wsum.index_add_(1, atom_b.cpu(), w)
+                    weights[k0 : k0 + kb] += wsum
+        n_cells = torch.bincount(torch.as_tensor(atom), minlength=n_atoms).double()
+        return DEResult(sums=sums, weights=weights, log_sums=log_sums.cpu(), n_cells=n_cells)
+
+    def _de_minibatches(
+        self, data: CellData, cells: np.ndarray, batch_size: int
+    ) -> Iterator[Minibatch]:
+        """The cells at ``cells``, in order, as minibatches on the model's device (eval mode)."""
+        module = self._trained_module().to(self.device).eval()
+        module.sparse_input = sparse_input_pays(data, self.device)
+        loader = CSRMinibatches(
+            data, cells, batch_size=batch_size, shuffle=False, dense=not module.sparse_input
+        ).to(self.device)
+        yield from loader
+
+
+# ------------------------------------------------------------------------------ helpers
+def _decoded_proportions(
+    module: Any, batch: Minibatch, n_draws: int, decode_codes: list[int]
+) -> torch.Tensor:
+    """``rho(z_j, s)`` for ``n_draws`` draws ``z_j ~ q(z | x)``, averaged over the batches
+    ``decode_codes`` (or under each cell's own batch when empty): (J, B, G) float32."""
+    qz, _ = module.encode(batch)
+    z = qz.sample((n_draws,))  # (J, B, L)
+    if not decode_codes:
+        return module.denoised(z, batch.batch_index, library_size=1.0)
+    total = None
+    for code in decode_codes:
+        rho = module.denoised(
+            z, batch.batch_index.new_full((batch.n_cells,), code), library_size=1.0
+        )
+        total = rho if total is None else total + rho
+    return total / len(decode_codes)
+
+
+def _group_labels(adata: AnnData, groupby: str) -> np.ndarray:
+    """(N,) object array of group names; None where the label is missing."""
+    if not isinstance(groupby, str) or groupby not in adata.obs:
+        columns = ", ".join(repr(c) for c in adata.obs.columns) or "none"
+        raise KeyError(
+            f"groupby={groupby!r} is not a column of adata.obs (available columns: {columns})."
+        )
+    column = adata.obs[groupby]
+    present = column.notna().to_numpy()
+    labels = np.full(len(column), None, dtype=object)
+    labels[present] = _obs_labels(column[present])
+    return labels
+
+
+def _comparisons(
+    labels: np.ndarray, groupby: str, group1: Any, group2: Any
+) -> tuple[list[tuple[str, list[int], str, list[int]]], list[str]]:
+    """The comparisons ``(name1, atoms1, name2, atoms2)`` and the atom groups they use."""
+    present = labels[labels != None]  # noqa: E711 (object array of str or None)
+    names, counts = np.unique(present.astype(str), return_counts=True)
+    size = dict(zip(names.tolist(), counts.tolist(), strict=True))
+    known = ", ".join(repr(n) for n in names)
+
+    def name_of(group: Any, which: str) -> str:
+        name = str(_obs_labels(pd.Series([group]))[0])
+        if name not in size:
+            raise KeyError(f"{which}={group!r} is not a group of adata.obs[{groupby!r}] ({known}).")
+        return name
+
+    def check_size(name: str, n: int) -> None:
+        if n < MIN_CELLS_PER_GROUP:
+            raise ValueError(
+                f"Group {name!r} of adata.obs[{groupby!r}] has {n} cells; differential "
+                f"expression needs at least {MIN_CELLS_PER_GROUP} per group. Merge or drop it."
+            )
+
+    atoms = names.tolist()
+    position = {n: i for i, n in enumerate(atoms)}
+    if group1 is None:
+        if group2 is not None:
+            raise ValueError("group2 needs group1: pass group1 too, or neither.")
+        if len(atoms) < 2:
+            raise ValueError(f"adata.obs[{groupby!r}] has one group ({known}): nothing to compare.")
+        out = []
+        for name in atoms:
+            check_size(name, size[name])
+            rest = [position[n] for n in atoms if n != name]
+            check_size(REST, sum(size[atoms[a]] for a in rest))
+            out.append((name, [position[name]], REST, rest))
+        return out, atoms
+    name1 = name_of(group1, "group1")
+    check_size(name1, size[name1])
+    if group2 is None:
+        rest = [position[n] for n in atoms if n != name1]
+        check_size(REST, sum(size[atoms[a]] for a in rest))
+        return [(name1, [position[name1]], REST, rest)], atoms
+    name2 = name_of(group2, "group2")
+    if name2 == name1:
+        raise ValueError(f"group1 and group2 are both {name1!r}: compare two different groups.")
+    check_size(name2, size[name2])
+    return [(name1, [0], name2, [1])], [name1, name2]
+
+
+def _summarize(
+    lfc: np.ndarray,
+    scale1: np.ndarray,
+    scale2: np.ndarray,
+    *,
+    mode: str,
+    delta: float | None,
+    fdr_target: float,
+) -> pd.DataFrame:
+    """The per-gene table of one comparison from draws of LFC (K, G)."""
+    lfc_mean = lfc.mean(0)
+    if delta is None:
+        delta = estimate_delta(lfc_mean)
+    table = {}
+    if mode == "change":
+        proba_de = (np.abs(lfc) > delta).mean(0)
+    else:
+        proba_m1 = (lfc > 0).mean(0)
+        table["proba_m1"] = proba_m1
+        table["proba_m2"] = 1.0 - proba_m1
+        proba_de = np.maximum(proba_m1, 1.0 - proba_m1)
+    if mode == "change":
+        bayes_factor = np.log(proba_de + _EPS) - np.log(1.0 - proba_de + _EPS)
+    else:
+        bayes_factor = np.log(table["proba_m1"] + _EPS) - np.log(table["proba_m2"] + _EPS)
+    out = pd.DataFrame(
+        {
+            "proba_de": proba_de,
+            "proba_not_de": 1.0 - proba_de,
+            "bayes_factor": bayes_factor,
+            **table,
+            "lfc_mean": lfc_mean,
+            "lfc_median": np.median(lfc, 0),
+            "lfc_std": lfc.std(0, ddof=1),
+            "lfc_min": lfc.min(0),
+            "lfc_max": lfc.max(0),
+            "scale1": scale1,
+            "scale2": scale2,
+        }
+    )
+    out[f"is_de_fdr_{fdr_target:g}"] = fdr_calls(proba_de, fdr_target)
+    out["delta"] = delta if mode == "change" else np.nan
+    return out
+
+
+def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
+    """The largest top set of genes whose posterior expected FDR is at most ``fdr_target``.
+
+    Genes ranked by ``proba_de``; the expected false discovery proportion of the top ``k`` is
+    ``mean(1 - proba_de)`` over them (Boyeau et al. 2023); ties are kept together.
+    """
+    order = np.argsort(-proba_de, kind="stable")
+    expected_fdr = np.cumsum(1.0 - proba_de[order]) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(expected_fdr <= fdr_target)
+    calls = np.zeros(len(proba_de), dtype=bool)
+    if ok.size:
+        threshold = proba_de[order[ok[-1]]]
+        calls = proba_de >= threshold
+        # ties at the threshold may push the rate over the target: then drop the whole tie
+        if (1.0 - proba_de[calls]).mean() > fdr_target:
+            calls = proba_de > threshold
+    return calls
+
+
+def posterior_fdr(proba_de: np.ndarray) -> np.ndarray:
+    """For each gene, the posterior expected FDR of calling it and every gene ranked above."""
+    order = np.argsort(-proba_de, kind="stable")
+    expected_fdr = np.cumsum(1.0 - proba_de[order]) / np.arange(1, len(order) + 1)
+    out = np.empty_like(expected_fdr)
+    # a q-value: the smallest expected FDR of a top set that contains the gene
+    out[order] = np.minimum.accumulate(expected_fdr[::-1])[::-1]
+    return out
+
+
+def estimate_delta(lfc_mean: np.ndarray, *, floor: float = 0.1) -> float:
+    """``delta`` from the data: the half-width of the central mode of the genes' LFCs.
+
+    Fits a three-component Gaussian mixture to the posterior mean LFCs (down, unchanged, up;
+    started at the 5 %, 50 % and 95 % quantiles) and returns ``|mu_0| + 2 sigma_0`` of the
+    component nearest zero: the spread of the fold changes of genes that do not change.
+    At least ``floor``.
+    """
+    x = np.asarray(lfc_mean, dtype=np.float64)
+    mu = np.quantile(x, [0.05, 0.5, 0.95])
+    sd = np.full(3, max(x.std(), 1e-3))
+    pi = np.full(3, 1 / 3)
+    for _ in range(200):
+        log_r = np.log(pi) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2
+        r = np.exp(log_r - log_r.max(1, keepdims=True))
+        r /= r.sum(1, keepdims=True)
+        nk = r.sum(0) + 1e-12
+        pi = nk / nk.sum()
+        mu = (r * x[:, None]).sum(0) / nk
+        sd = np.sqrt((r * (x[:, None] - mu) ** 2).sum(0) / nk) + 1e-6
+    c = int(np.argmin(np.abs(mu)))
+    return float(max(floor, abs(mu[c]) + 2.0 * sd[c]))
+
+
+def _raw_stats(data: CellData, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean counts, fraction of cells with a count, and mean counts per 10k, per gene."""
+    X = data.X[mask]
+    n = X.shape[0]
+    normalized = sp.diags(1e4 / data.library_size[mask]) @ X
+    return {
+        "raw_mean": np.asarray(X.sum(0)).ravel() / n,
+        "non_zeros_proportion": np.asarray((X > 0).sum(0)).ravel() / n,
+        "raw_normalized_mean": np.asarray(normalized.sum(0)).ravel() / n,
+    }
+
+
+def _ordered(table: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Best first: by ``proba_de`` (change) or ``|bayes_factor|`` (vanilla), then ``|lfc|``."""
+    key = table["proba_de"] if mode == "change" else table["bayes_factor"].abs()
+    order = np.lexsort((-table["lfc_mean"].abs().to_numpy(), -key.to_numpy()))
+    return table.iloc[order]

@@ -19,6 +19,7 @@ _FUNCTIONS = {
     "nbvae": "scvae.tl._vae",
     "poissonvae": "scvae.tl._vae",
     "ppca": "scvae.tl._ppca",
+    "rank_genes_groups": "scvae.tl._de",
     "zinbvae": "scvae.tl._vae",
 }
 
@@ -31,10 +32,12 @@ __all__ = [
     "nbvae",
     "poissonvae",
     "ppca",
+    "rank_genes_groups",
     "zinbvae",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
+    from scvae.tl._de import rank_genes_groups
     from scvae.tl._evaluate import evaluate
     from scvae.tl._fa import factor_analysis
     from scvae.tl._gmm import gmm

@@ -1,0 +1,243 @@
+"""Differential expression: the table, its statistics, scanpy's structure and bad input."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from anndata import AnnData
+from helpers import assert_adata_unchanged, snapshot
+
+import scvae
+from scvae.models._de import estimate_delta, fdr_calls, posterior_fdr
+
+matplotlib.use("Agg")
+
+COLUMNS = [
+    "proba_de",
+    "proba_not_de",
+    "bayes_factor",
+    "lfc_mean",
+    "lfc_median",
+    "lfc_std",
+    "scale1",
+    "scale2",
+    "raw_mean1",
+    "raw_mean2",
+    "non_zeros_proportion1",
+    "non_zeros_proportion2",
+    "is_de_fdr_0.05",
+]
+FAST = {"n_samples": 40, "n_draws_per_cell": 4}
+
+
+def test_table_has_the_scvi_columns_and_consistent_values(trained, sim) -> None:
+    df = trained.differential_expression(groupby="cluster", group1="0", **FAST)
+    assert set(COLUMNS) <= set(df.columns)
+    assert sorted(df.index) == sorted(sim.var_names)
+    assert df["proba_de"].is_monotonic_decreasing  # best first
+    np.testing.assert_allclose(df["proba_de"] + df["proba_not_de"], 1.0)
+    np.testing.assert_allclose(df["scale1"].sum(), 1.0, rtol=1e-5)  # mean proportions
+    in0 = (sim.obs["cluster"] == "0").to_numpy()
+    x = sim.X.toarray()
+    np.testing.assert_allclose(df.loc[sim.var_names, "raw_mean1"], x[in0].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        df.loc[sim.var_names, "non_zeros_proportion2"], (x[~in0] > 0).mean(0), rtol=1e-6
+    )
+    called = df["is_de_fdr_0.05"].to_numpy()
+    assert called.any(), "clusters of the simulation differ in many genes"
+    assert (1 - df["proba_de"][called]).mean() <= 0.05
+
+
+def test_lfc_follows_the_decoded_group_means(trained, sim) -> None:
+    """The posterior mean LFC is that of the groups' mean proportions under the model."""
+    df = trained.differential_expression(groupby="cluster", group1="1", group2="2", **FAST)
+    rho = trained.get_normalized_expression(
+        library_size=1.0, n_samples=5, transform_batch=["batch0", "batch1"]
+    )
+    groups = sim.obs["cluster"].to_numpy()
+    direct = np.log2(rho[groups == "1"].mean(0)) - np.log2(rho[groups == "2"].mean(0))
+    r = np.corrcoef(direct.loc[df.index], df["lfc_mean"])[0, 1]
+    assert r > 0.99
+
+
+def test_every_group_against_the_rest_in_one_long_table(trained, sim) -> None:
+    df = trained.differential_expression(groupby="cluster", **FAST)
+    groups = sorted(sim.obs["cluster"].unique())
+    assert list(df.columns[:3]) == ["group1", "group2", "comparison"]
+    assert sorted(df["group1"].unique()) == groups
+    assert set(df["group2"]) == {"rest"}
+    assert set(df["comparison"]) == {f"{g} vs rest" for g in groups}
+    assert len(df) == len(groups) * sim.n_vars
+
+
+def test_seeded_and_reproducible(trained) -> None:
+    a = trained.differential_expression(groupby="cluster", group1="0", seed=3, **FAST)
+    b = trained.differential_expression(groupby="cluster", group1="0", seed=3, **FAST)
+    c = trained.differential_expression(groupby="cluster", group1="0", seed=4, **FAST)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.loc[c.index, "lfc_mean"], c["lfc_mean"])
+
+
+def test_random_halves_of_one_group_have_no_differential_expression(trained, sim) -> None:
+    rng = np.random.default_rng(0)
+    one = np.flatnonzero(sim.obs["cluster"] == "0")
+    halves = np.full(sim.n_obs, None, dtype=object)
+    halves[one] = "a"
+    halves[rng.permutation(one)[: len(one) // 2]] = "b"
+    adata = sim.copy()
+    adata.obs["half"] = pd.Categorical(halves)
+    df = trained.differential_expression(adata, groupby="half", group1="a", group2="b", **FAST)
+    assert df["is_de_fdr_0.05"].sum() <= 2
+
+
+def test_batch_correction_removes_the_batch_effect(trained, sim) -> None:
+    """Comparing the batches themselves: corrected, the cells of both decode alike."""
+    corrected = trained.differential_expression(groupby="batch", group1="batch0", **FAST)
+    raw = trained.differential_expression(
+        groupby="batch", group1="batch0", batch_correction=False, **FAST
+    )
+    assert raw["is_de_fdr_0.05"].sum() > 5 * max(1, corrected["is_de_fdr_0.05"].sum())
+    assert corrected["lfc_mean"].abs().mean() < 0.5 * raw["lfc_mean"].abs().mean()
+    named = trained.differential_expression(
+        groupby="batch", group1="batch0", batches=["batch1"], **FAST
+    )
+    assert named["is_de_fdr_0.05"].sum() <= corrected["is_de_fdr_0.05"].sum() + 2
+
+
+def test_vanilla_mode_and_delta_from_the_data(trained) -> None:
+    df = trained.differential_expression(groupby="cluster", group1="0", mode="vanilla", **FAST)
+    np.testing.assert_allclose(df["proba_m1"] + df["proba_m2"], 1.0)
+    assert df["bayes_factor"].abs().is_monotonic_decreasing
+    assert df["delta"].isna().all()
+    auto = trained.differential_expression(groupby="cluster", group1="0", delta=None, **FAST)
+    assert auto["delta"].nunique() == 1 and auto["delta"].iloc[0] >= 0.1
+
+
+def test_fdr_rule() -> None:
+    p = np.array([1.0, 0.99, 0.97, 0.9, 0.5, 0.1])
+    calls = fdr_calls(p, 0.05)
+    # the top four have mean(1 - p) = 0.035; adding 0.5 makes it 0.128
+    np.testing.assert_array_equal(calls, [True, True, True, True, False, False])
+    q = posterior_fdr(p)
+    np.testing.assert_array_equal(q <= 0.05, calls)
+    assert np.all(np.diff(q) >= 0)
+    assert not fdr_calls(np.array([0.5, 0.4]), 0.05).any()
+    # ties at the threshold are kept together or dropped together
+    np.testing.assert_array_equal(fdr_calls(np.array([1.0, 0.9, 0.9]), 0.05), [True, False, False])
+
+
+def test_estimate_delta_finds_the_central_mode() -> None:
+    rng = np.random.default_rng(0)
+    lfc = np.concatenate(
+        [rng.normal(0, 0.1, 2000), rng.normal(2, 0.3, 100), rng.normal(-2, 0.3, 100)]
+    )
+    assert 0.15 < estimate_delta(lfc) < 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"groupby": "nope"}, KeyError, "not a column"),
+        ({"groupby": "cluster", "group1": "9"}, KeyError, "not a group"),
+        ({"groupby": "cluster", "group1": "0", "group2": "0"}, ValueError, "both '0'"),
+        ({"groupby": "cluster", "group2": "0"}, ValueError, "needs group1"),
+        ({"groupby": "cluster", "mode": "bayes"}, ValueError, "mode"),
+        ({"groupby": "cluster", "group1": "0", "batches": ["batch7"]}, ValueError, "Unknown batch"),
+        ({"groupby": "cluster", "n_samples": 1}, ValueError, "n_samples"),
+    ],
+)
+def test_bad_input_is_refused(trained, kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        trained.differential_expression(**kwargs)
+
+
+def test_tiny_groups_and_models_without_batches_are_refused(trained, sim) -> None:
+    adata = sim.copy()
+    adata.obs["tiny"] = pd.Categorical(["small"] * 3 + ["big"] * (sim.n_obs - 3))
+    before = snapshot(adata)
+    with pytest.raises(ValueError, match=r"has 3 cells.*at least 5"):
+        trained.differential_expression(adata, groupby="tiny", group1="small")
+    assert_adata_unchanged(adata, before)
+    single = scvae.ZINBVAE(sim, n_latent=2, n_hidden=16)
+    single.fit(max_epochs=1, progress_bar=False)
+    with pytest.raises(ValueError, match="without batch_key"):
+        single.differential_expression(groupby="cluster", group1="0", batches=["batch0"])
+    gaussian = scvae.GaussianVAE(sim, n_latent=2, n_hidden=16)
+    gaussian.fit(max_epochs=1, progress_bar=False)
+    with pytest.raises(ValueError, match="count model"):
+        gaussian.differential_expression(groupby="cluster", group1="0")
+
+
+def test_missing_group_labels_put_cells_in_no_group(trained, sim) -> None:
+    adata = sim.copy()
+    labels = adata.obs["cluster"].astype(object).to_numpy()
+    labels[:50] = np.nan
+    adata.obs["partial"] = pd.Categorical(labels)
+    df = trained.differential_expression(adata, groupby="partial", group1="0", **FAST)
+    in0 = (adata.obs["partial"] == "0").to_numpy()
+    rest = adata.obs["partial"].notna().to_numpy() & ~in0
+    np.testing.assert_allclose(
+        df.loc[sim.var_names, "raw_mean2"], sim.X.toarray()[rest].mean(0), rtol=1e-5
+    )
+
+
+def test_rank_genes_groups_is_read_by_scanpy(trained, sim) -> None:
+    adata = sim.copy()
+    before = snapshot(adata)
+    scvae.tl.rank_genes_groups(adata, trained, "cluster", **FAST)
+    result = adata.uns["rank_genes_groups"]
+    assert result["params"]["groupby"] == "cluster"
+    assert result["params"]["method"] == "scvae_change"
+    assert result["names"].dtype.names == ("0", "1", "2")
+    df = sc.get.rank_genes_groups_df(adata, group="0")
+    assert len(df) == sim.n_vars and df["scores"].is_monotonic_decreasing
+    assert set(df.columns) >= {"names", "scores", "logfoldchanges", "pvals", "pvals_adj"}
+    table = trained.differential_expression(adata, groupby="cluster", group1="0", **FAST)
+    called = set(table.index[table["is_de_fdr_0.05"]])
+    assert set(df["names"][df["pvals_adj"] <= 0.05]) == called
+    both = sc.get.rank_genes_groups_df(adata, group=None)
+    assert set(both["group"]) == {"0", "1", "2"}
+    sc.pl.rank_genes_groups(adata, n_genes=5, show=False)
+    sc.pl.rank_genes_groups_dotplot(adata, n_genes=3, show=False, dendrogram=False)
+    del adata.uns["rank_genes_groups"]
+    assert_adata_unchanged(adata, before)
+
+
+def test_rank_genes_groups_against_a_reference_and_bad_input(trained, sim) -> None:
+    adata = sim.copy()
+    scvae.tl.rank_genes_groups(
+        adata, trained, "cluster", reference="0", n_genes=10, key_added="vs0", **FAST
+    )
+    assert adata.uns["vs0"]["names"].dtype.names == ("1", "2")
+    assert len(adata.uns["vs0"]["names"]) == 10
+    before = snapshot(adata)
+    with pytest.raises(KeyError, match="not a column"):
+        scvae.tl.rank_genes_groups(adata, trained, "nope")
+    with pytest.raises(KeyError, match="groups"):
+        scvae.tl.rank_genes_groups(adata, trained, "cluster", groups=["7"], **FAST)
+    assert_adata_unchanged(adata, before)
+    with pytest.raises(ValueError, match="view"):
+        scvae.tl.rank_genes_groups(sim[:100], trained, "cluster")
+
+
+def test_table_is_written_after_save_and_load(trained, sim, tmp_path) -> None:
+    trained.save(tmp_path / "m")
+    loaded = scvae.ZINBVAE.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="without its training AnnData"):
+        loaded.differential_expression(groupby="cluster")
+    a = loaded.differential_expression(sim, groupby="cluster", group1="0", **FAST)
+    b = trained.differential_expression(sim, groupby="cluster", group1="0", **FAST)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_training_adata_changed_since_fit_is_refused(sim) -> None:
+    adata = sim.copy()
+    model = scvae.ZINBVAE(adata, n_latent=2, n_hidden=16)
+    model.fit(max_epochs=1, progress_bar=False)
+    adata._inplace_subset_obs(np.arange(100))
+    with pytest.raises(ValueError, match="now has 100 cells"):
+        model.differential_expression(groupby="cluster")
+    assert isinstance(adata, AnnData)
