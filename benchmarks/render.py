@@ -509,6 +509,176 @@ def render_defaults(record: Record) -> str:
     return f"`{record['command']}`.\n\n" + md_table(header, lines, "l" + "r" * (len(header) - 1))
 
 
+# --------------------------------------------------------------------------------------- de
+DE_METHODS = (
+    "scanpy wilcoxon",
+    "scanpy t-test",
+    "scvi-tools change",
+    "scvi-tools vanilla",
+    "scvae change",
+    "scvae vanilla",
+)
+
+
+def _fmt_range(values: list[float]) -> str:
+    """``"1.23 (1.20-1.31)"``: median and range of repeated timings, seconds."""
+    v = sorted(values)
+    med = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+    return f"{med:.2f} ({v[0]:.2f}-{v[-1]:.2f})" if len(v) > 1 else f"{med:.2f}"
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
+
+def _provenance(part: dict[str, Any]) -> str:
+    """``"`command` (scvae at commit abc, 2026-12-01)"``."""
+    commit = part.get("scvae_commit") or part.get("commit")
+    return f"`{part['command']}` (scvae at commit {commit}, {part['created'][:10]})"
+
+
+def de_sim_tables(part: dict[str, Any]) -> list[str]:
+    """Per seed: the mean over groups per method, and AUROC / FDR / power per group."""
+    out = [_provenance(part) + "."]
+    for seed in part["seeds"]:
+        fits = ", ".join(
+            f"{f['tool']}: {f['epochs']} epochs in {f['fit_time_s']:.0f} s"
+            for f in seed["fits"].values()
+        )
+        sizes = ", ".join(f"{g} {n}" for g, n in seed["simulation"]["group_sizes"].items())
+        out.append(
+            f"**Seed {seed['seed']}** ({seed['simulation']['n_cells']:,} cells x "
+            f"{seed['simulation']['n_genes']:,} genes; groups {sizes}; {fits}). Mean over the "
+            "groups:"
+        )
+        header = ["method", "AUROC", "AUPRC", "observed FDR", "power", "calls", "Spearman LFC"]
+        header.append("LFC MAE")
+        rows = []
+        for method in DE_METHODS:
+            m = seed["summary"].get(method)
+            if m is None:
+                continue
+            rows.append(
+                [
+                    method,
+                    f"{m['auroc']:.3f}",
+                    f"{m['auprc']:.3f}",
+                    f"{m['fdr']:.3f}",
+                    f"{m['power']:.3f}",
+                    f"{m['n_calls']:.0f}",
+                    f"{m['spearman_lfc']:.3f}",
+                    f"{m['lfc_mae']:.2f}",
+                ]
+            )
+        out.append(md_table(header, rows, "lrrrrrrr"))
+        groups = list(dict.fromkeys(r["group"] for r in seed["rows"]))
+        n_cells = {r["group"]: r["n_cells"] for r in seed["rows"]}
+        header = ["method"] + [f"{g} ({n_cells[g]:,} cells)" for g in groups]
+        rows = []
+        for method in DE_METHODS:
+            mine = {r["group"]: r for r in seed["rows"] if r["method"] == method}
+            if mine:
+                rows.append(
+                    [method]
+                    + [
+                        f"{mine[g]['auroc']:.3f} / {mine[g]['fdr']:.2f} / {mine[g]['power']:.2f}"
+                        for g in groups
+                    ]
+                )
+        out.append("Per group, AUROC / observed FDR / power:")
+        out.append(md_table(header, rows, "l" + "r" * len(groups)))
+    return out
+
+
+def de_marker_tables(part: dict[str, Any]) -> list[str]:
+    """Rank of each canonical marker in its type's list, per method; top-10/top-25 shares."""
+    data = part["data"]
+    added = ", ".join(data["added_markers"]) or "none"
+    out = [
+        _provenance(part) + ". PBMC 3k, "
+        f"{data['n_cells']:,} cells x {data['n_genes']:,} genes (2,000 HVGs; markers the "
+        f"selection missed and that were added: {added})."
+    ]
+    methods = [m for m in part["methods"]]
+    first = part["methods"][methods[0]]["ranks"]
+    rows = []
+    for i, r in enumerate(first):
+        cells = []
+        for m in methods:
+            rank = part["methods"][m]["ranks"][i]["rank"]
+            cells.append("-" if rank is None else str(rank))
+        rows.append([r["type"], r["gene"], *cells])
+    for key, label in (("top10", "share in the top 10"), ("top25", "share in the top 25")):
+        rows.append([f"**{label}**", "", *[f"{part['methods'][m][key]:.2f}" for m in methods]])
+    out.append(md_table(["cell type", "marker", *methods], rows, "ll" + "r" * len(methods)))
+    return out
+
+
+def de_null_table(null: dict[str, Any]) -> list[str]:
+    """Genes called at the nominal 5 % between random halves, per method."""
+    columns = []
+    if "pbmc" in null:
+        p = null["pbmc"]
+        columns.append((f"PBMC 3k: {p['n_half1']} vs {p['n_half2']} {p['cells'][4:]}", p))
+    for s in null.get("sim", {}).get("seeds", []):
+        label = f"simulation seed {s['seed']}: {s['n_half1']} vs {s['n_half2']} cells of g0, batch0"
+        columns.append((label, s))
+    if not columns:
+        return []
+    rows = []
+    for method in DE_METHODS:
+        if all(method in c["calls"] for _, c in columns):
+            rows.append([method, *[str(c["calls"][method]) for _, c in columns]])
+    n_genes = ", ".join(f"{c['n_genes']:,}" for _, c in columns)
+    return [
+        f"Genes called (of {n_genes}):",
+        md_table(["method", *[label for label, _ in columns]], rows, "l" + "r" * len(columns)),
+    ]
+
+
+def de_time_table(t: dict[str, Any]) -> list[str]:
+    """DE wall times on PBMC 3k, every type against the rest, with the ratios."""
+    rows = [
+        [
+            f"scvae, n_samples={t['scvae_default_n_samples']} (default)",
+            _fmt_range(t["scvae_default"]),
+        ],
+        [f"scvae, n_samples={t['same_n_samples']}", _fmt_range(t["scvae_same"])],
+        [
+            f"scvi-tools, n_samples_overall={t['scvi_default_n_samples']} (default)",
+            _fmt_range(t["scvi_default"]),
+        ],
+        ["scanpy Wilcoxon (with normalization)", _fmt_range(t["scanpy_wilcoxon"])],
+    ]
+    scvi = _median(t["scvi_default"])
+    ratio_default = scvi / _median(t["scvae_default"])
+    ratio_same = scvi / _median(t["scvae_same"])
+    return [
+        _provenance(t) + f"; {t['n_groups']} types "
+        f"against the rest, {t['threads']} thread(s) each, `OMP_WAIT_POLICY=PASSIVE`; median "
+        f"(range) of {len(t['scvi_default'])} repeats, seconds, load average before "
+        f"{t['load_before']}.",
+        md_table(["DE of every type against the rest", "seconds"], rows, "lr"),
+        f"scvi-tools / scvae: {ratio_default:.1f}x at each tool's default, {ratio_same:.1f}x at "
+        f"{t['same_n_samples']:,} samples each.",
+    ]
+
+
+def render_de(record: Record) -> str:
+    """The generated part of "Differential expression"."""
+    parts = [f"Machine: {record['machine']}.", f"Versions: {versions_text(record['versions'])}."]
+    if "sim" in record:
+        parts += ["### Simulation: each group against the rest", *de_sim_tables(record["sim"])]
+    if "markers" in record:
+        parts += ["### PBMC 3k: canonical markers", *de_marker_tables(record["markers"])]
+    if "null" in record:
+        parts += ["### Null: random halves of one population", *de_null_table(record["null"])]
+    if "time" in record:
+        parts += ["### Time", *de_time_table(record["time"])]
+    return "\n\n".join(parts)
+
+
 # ------------------------------------------------------------------------------------- main
 #: record name -> (heading of its docs section, renderer)
 SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
@@ -518,6 +688,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "compare": ("## scvae vs scvi-tools vs scanpy", render_compare),
     "gmm_speed": ("## GMM: scvae against scikit-learn", render_gmm_speed),
     "defaults": ("## Training defaults", render_defaults),
+    "de": ("## Differential expression", render_de),
 }
 
 
