@@ -37,6 +37,9 @@ _NOT_VAE = ("ppca", "fa")
 #: ``scvae fit`` options that only the VAEs have (PPCA is fitted in closed form)
 _VAE_ONLY = {
     "batch_key": "--batch-key",
+    "categorical_covariate_keys": "--categorical-covariate-keys",
+    "continuous_covariate_keys": "--continuous-covariate-keys",
+    "encode_covariates": "--encode-covariates",
     "max_epochs": "--max-epochs",
     "batch_size": "--batch-size",
     "lr": "--lr",
@@ -114,6 +117,16 @@ def _devices(text: str) -> int | str | list[int]:
     return count
 
 
+def _keys(text: str) -> list[str]:
+    """A comma-separated list of ``obs`` columns: ``donor,chemistry``."""
+    keys = [part.strip() for part in text.split(",")]
+    if not all(keys):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated obs column names such as donor,chemistry; got {text!r}"
+        )
+    return keys
+
+
 def _version() -> str:
     from scvae import __version__
 
@@ -160,6 +173,28 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="KEY",
         help="obs column of batches to correct for (default: none)",
+    )
+    fit.add_argument(
+        "--categorical-covariate-keys",
+        type=_keys,
+        default=None,
+        metavar="KEYS",
+        help="comma-separated obs columns of further categorical covariates, e.g. "
+        "donor,chemistry (injected into the decoder like the batch; default: none)",
+    )
+    fit.add_argument(
+        "--continuous-covariate-keys",
+        type=_keys,
+        default=None,
+        metavar="KEYS",
+        help="comma-separated numeric obs columns to condition on, e.g. pct_counts_mt "
+        "(standardized; default: none)",
+    )
+    fit.add_argument(
+        "--encode-covariates",
+        action="store_true",
+        default=None,
+        help="also inject the covariates into the encoders (default: the decoder only)",
     )
     fit.add_argument(
         "--n-top-genes",
@@ -496,7 +531,13 @@ def _fit(args: argparse.Namespace, mode: int) -> None:
     else:
         model_class = getattr(scvae, _MODELS[args.model])
         model = model_class(
-            data, layer=args.layer, batch_key=args.batch_key, n_latent=args.n_latent
+            data,
+            layer=args.layer,
+            batch_key=args.batch_key,
+            categorical_covariate_keys=args.categorical_covariate_keys,
+            continuous_covariate_keys=args.continuous_covariate_keys,
+            encode_covariates=bool(args.encode_covariates),
+            n_latent=args.n_latent,
         )
         fit_options = {
             k: options[k]

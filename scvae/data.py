@@ -1,6 +1,8 @@
 """The AnnData boundary: every read of a user's AnnData and every slot name written into it.
 
-Counts go through :func:`read_training_data` or :func:`read_query_data`, embeddings through
+Counts go through :func:`read_training_data` or :func:`read_query_data` (with the batch and
+any further covariates: categorical ``obs`` columns as codes, continuous ones standardized by
+the training mean and standard deviation, :class:`CovariateSetup`), embeddings through
 :func:`read_embedding`, ``obs`` columns through :func:`read_obs_column`. They only read: the
 AnnData is never modified, no column is added, and the count matrix is never densified as a
 whole (it becomes one canonical CSR copy in float32: no stored zeros, no duplicates, sorted
@@ -12,6 +14,7 @@ indices, so the representation of the input never changes a result). Writers cal
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,6 +28,7 @@ from scipy.special import gammaln
 
 __all__ = [
     "CellData",
+    "CovariateSetup",
     "DataSetup",
     "check_in_memory",
     "check_writable",
@@ -320,6 +324,248 @@ def read_obs_column(adata: AnnData, key: str, *, what: str) -> np.ndarray:
     return _obs_labels(column)
 
 
+# ------------------------------------------------------------------------------ covariates
+@dataclass(frozen=True)
+class CovariateSetup:
+    """The covariates beyond the batch that a model was trained with.
+
+    Attributes
+    ----------
+    categorical_keys
+        ``obs`` columns of the categorical covariates (donor, chemistry, ...).
+    categories
+        The labels of each categorical covariate in code order (sorted as strings, like the
+        batch labels).
+    continuous_keys
+        ``obs`` columns of the continuous covariates (percent mitochondrial counts, ...).
+    means, sds
+        Training mean and standard deviation of each continuous covariate: the module reads
+        ``(u - mean) / sd``.
+    """
+
+    categorical_keys: tuple[str, ...] = ()
+    categories: tuple[tuple[str, ...], ...] = ()
+    continuous_keys: tuple[str, ...] = ()
+    means: tuple[float, ...] = ()
+    sds: tuple[float, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every covariate key, categorical first."""
+        return self.categorical_keys + self.continuous_keys
+
+    @property
+    def n_categories(self) -> tuple[int, ...]:
+        """Number of categories of each categorical covariate."""
+        return tuple(len(c) for c in self.categories)
+
+    @property
+    def n_continuous(self) -> int:
+        """Number of continuous covariates."""
+        return len(self.continuous_keys)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def category_code(self, key: str, label: object) -> int:
+        """The code of ``label`` (of any type, as :meth:`DataSetup.batch_code`) of ``key``.
+
+        Raises
+        ------
+        ValueError
+            A category unseen in training (the message lists the known ones).
+        """
+        categories = self.categories[self.categorical_keys.index(key)]
+        code = _category_lookup(categories).get(_label_string(label))
+        if code is None:
+            raise ValueError(
+                f"Unknown category {label!r} of the covariate {key!r}; the model knows the "
+                f"categories of adata.obs[{key!r}] in training: {_listing(categories)}."
+            )
+        return code
+
+    def standardize(self, key: str, value: np.ndarray | float) -> np.ndarray | float:
+        """``(value - mean) / sd`` of the continuous covariate ``key``."""
+        j = self.continuous_keys.index(key)
+        return (value - self.means[j]) / self.sds[j]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return {
+            "categorical_keys": list(self.categorical_keys),
+            "categories": [list(c) for c in self.categories],
+            "continuous_keys": list(self.continuous_keys),
+            "means": list(self.means),
+            "sds": list(self.sds),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> CovariateSetup:
+        """Inverse of :meth:`to_dict`; None (a model saved before covariates): none."""
+        if not d:
+            return cls()
+        return cls(
+            categorical_keys=tuple(d["categorical_keys"]),
+            categories=tuple(tuple(c) for c in d["categories"]),
+            continuous_keys=tuple(d["continuous_keys"]),
+            means=tuple(float(m) for m in d["means"]),
+            sds=tuple(float(v) for v in d["sds"]),
+        )
+
+
+def _covariate_keys(
+    categorical_keys: Sequence[str] | str | None,
+    continuous_keys: Sequence[str] | str | None,
+    batch_key: str | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys as tuples of distinct strings, none of them the batch key, or raise."""
+    resolved = []
+    for what, keys in (
+        ("categorical_covariate_keys", categorical_keys),
+        ("continuous_covariate_keys", continuous_keys),
+    ):
+        keys = () if keys is None else (keys,) if isinstance(keys, str) else tuple(keys)
+        bad = [k for k in keys if not isinstance(k, str) or not k]
+        if bad:
+            raise TypeError(f"{what} must be obs column names (strings), got {bad[0]!r}.")
+        resolved.append(keys)
+    every = resolved[0] + resolved[1]
+    twice = sorted({k for k in every if every.count(k) > 1})
+    if twice:
+        raise ValueError(
+            f"The covariate keys {_listing(twice)} are given more than once (across "
+            "categorical_covariate_keys and continuous_covariate_keys); name each obs column "
+            "once."
+        )
+    if batch_key is not None and batch_key in every:
+        raise ValueError(
+            f"{batch_key!r} is the batch_key and also a covariate key; the batch is already "
+            "injected everywhere: remove it from the covariate keys."
+        )
+    return resolved[0], resolved[1]
+
+
+def _covariate_column(adata: AnnData, key: str, what: str) -> pd.Series:
+    """``adata.obs[key]`` without missing values, or a clear error."""
+    if key not in adata.obs.columns:
+        raise KeyError(
+            f"{what}: {key!r} is not a column of adata.obs. Columns present: "
+            f"{_listing(list(adata.obs.columns)) or 'none'}."
+        )
+    column = adata.obs[key]
+    missing = column.isna()
+    if missing.any():
+        raise ValueError(
+            f"adata.obs[{key!r}] ({what}) has missing values (NaN/None) in "
+            f"{int(missing.sum())} of {len(column)} cells; every cell needs a value of each "
+            f"covariate. Fill them (e.g. with an 'unknown' category, or the median for a "
+            f"number) or subset to the cells that have one: adata[adata.obs[{key!r}].notna()]"
+            ".copy()."
+        )
+    return column
+
+
+def _categorical_covariate(
+    adata: AnnData, key: str, categories: Sequence[str] | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(N,) int64 codes of a categorical covariate and its categories in code order.
+
+    ``categories`` None (training): the labels present, sorted as strings; at least two.
+    """
+    labels = _obs_labels(_covariate_column(adata, key, "categorical_covariate_keys"))
+    if categories is None:
+        categories = tuple(sorted(set(labels)))
+        if len(categories) < 2:
+            raise ValueError(
+                f"adata.obs[{key!r}] has one category ({_listing(categories)}) in every cell: "
+                "a constant covariate carries no information. Remove it from "
+                "categorical_covariate_keys."
+            )
+    lookup = _category_lookup(categories)
+    unseen = sorted(set(labels) - lookup.keys())
+    if unseen:
+        raise ValueError(
+            f"adata.obs[{key!r}] has categories unseen in training: {_listing(unseen)}. The "
+            f"model knows {_listing(categories)}. Subset to known categories or train a model "
+            "that includes them."
+        )
+    codes = np.fromiter((lookup[v] for v in labels), dtype=np.int64, count=len(labels))
+    return codes, tuple(categories)
+
+
+def _continuous_covariate(adata: AnnData, key: str) -> np.ndarray:
+    """(N,) float64 values of a continuous covariate (finite numbers), or a clear error."""
+    column = _covariate_column(adata, key, "continuous_covariate_keys")
+    if not pd.api.types.is_numeric_dtype(column.dtype):
+        raise ValueError(
+            f"adata.obs[{key!r}] (continuous_covariate_keys) must be numeric, got dtype "
+            f"{column.dtype}. Convert it (pd.to_numeric(adata.obs[{key!r}])), or pass it in "
+            "categorical_covariate_keys if its values are labels."
+        )
+    values = column.to_numpy(dtype=np.float64)
+    n_bad = int(np.count_nonzero(~np.isfinite(values)))
+    if n_bad:
+        raise ValueError(
+            f"adata.obs[{key!r}] (continuous_covariate_keys) has infinite values in {n_bad} "
+            f"of {len(values)} cells; give every cell a finite value."
+        )
+    return values
+
+
+def _read_covariates(
+    adata: AnnData, covariates: CovariateSetup
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(N, C) int64 codes and (N, D) float32 standardized values for a known setup."""
+    categorical = None
+    if covariates.categorical_keys:
+        categorical = np.stack(
+            [
+                _categorical_covariate(adata, key, categories)[0]
+                for key, categories in zip(
+                    covariates.categorical_keys, covariates.categories, strict=True
+                )
+            ],
+            axis=1,
+        )  # (N, C)
+    continuous = None
+    if covariates.continuous_keys:
+        continuous = np.stack(
+            [
+                covariates.standardize(key, _continuous_covariate(adata, key))
+                for key in covariates.continuous_keys
+            ],
+            axis=1,
+        ).astype(np.float32)  # (N, D)
+    return categorical, continuous
+
+
+def _training_covariates(
+    adata: AnnData,
+    categorical_keys: tuple[str, ...],
+    continuous_keys: tuple[str, ...],
+) -> CovariateSetup:
+    """The covariate setup of training cells: categories, means and standard deviations."""
+    categories = tuple(_categorical_covariate(adata, key, None)[1] for key in categorical_keys)
+    means, sds = [], []
+    for key in continuous_keys:
+        values = _continuous_covariate(adata, key)
+        mean, sd = float(values.mean()), float(values.std())
+        if not sd > 1e-12 * max(1.0, abs(mean)):
+            raise ValueError(
+                f"adata.obs[{key!r}] is constant ({mean:g} in every cell): a constant "
+                "covariate carries no information. Remove it from continuous_covariate_keys."
+            )
+        means.append(mean)
+        sds.append(sd)
+    return CovariateSetup(
+        categorical_keys=categorical_keys,
+        categories=categories,
+        continuous_keys=continuous_keys,
+        means=tuple(means),
+        sds=tuple(sds),
+    )
+
+
 # --------------------------------------------------------------------------------- the counts
 @dataclass(frozen=True)
 class DataSetup:
@@ -335,12 +581,15 @@ class DataSetup:
         Batch labels in code order.
     var_names
         Gene names in training order.
+    covariates
+        The covariates beyond the batch (none by default).
     """
 
     layer: str | None
     batch_key: str | None
     batch_categories: tuple[str, ...]
     var_names: tuple[str, ...] = field(repr=False)
+    covariates: CovariateSetup = field(default_factory=CovariateSetup)
 
     @property
     def n_batch(self) -> int:
@@ -387,16 +636,18 @@ class DataSetup:
             "batch_key": self.batch_key,
             "batch_categories": list(self.batch_categories),
             "var_names": list(self.var_names),
+            "covariates": self.covariates.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> DataSetup:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a dict saved before covariates: none)."""
         return cls(
             layer=d["layer"],
             batch_key=d["batch_key"],
             batch_categories=tuple(d["batch_categories"]),
             var_names=tuple(d["var_names"]),
+            covariates=CovariateSetup.from_dict(d.get("covariates")),
         )
 
 
@@ -531,11 +782,27 @@ def _batch_codes(
 
 @dataclass
 class CellData:
-    """Validated counts and batch codes, ready for the module."""
+    """Validated counts, batch codes and covariates, ready for the module.
+
+    Attributes
+    ----------
+    X
+        (N, G) canonical float32 CSR.
+    batch_index
+        (N,) int64 batch codes.
+    library_size
+        (N,) total counts (ones for data that are not counts).
+    categorical_covariates
+        (N, C) int64 codes of the categorical covariates, or None.
+    continuous_covariates
+        (N, D) float32 standardized continuous covariates, or None.
+    """
 
     X: sp.csr_matrix
     batch_index: np.ndarray
     library_size: np.ndarray
+    categorical_covariates: np.ndarray | None = None
+    continuous_covariates: np.ndarray | None = None
 
     @cached_property
     def log_x_factorial(self) -> np.ndarray:
@@ -554,6 +821,8 @@ def read_training_data(
     batch_key: str | None,
     counts: bool = True,
     nonnegative: bool = True,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
 ) -> tuple[DataSetup, CellData]:
     """Validate a training AnnData and read it, without modifying it.
 
@@ -569,6 +838,12 @@ def read_training_data(
         Require non-negative integer counts and non-empty cells.
     nonnegative
         Refuse negative values (implied by ``counts``).
+    categorical_covariate_keys
+        ``obs`` columns of categorical covariates beyond the batch (each with at least two
+        labels), or None.
+    continuous_covariate_keys
+        ``obs`` columns of numeric covariates (not constant), standardized by their training
+        mean and standard deviation, or None.
 
     Returns
     -------
@@ -577,22 +852,38 @@ def read_training_data(
     Raises
     ------
     KeyError
-        Unknown layer or batch_key (the message lists what exists).
+        Unknown layer, batch_key or covariate key (the message lists what exists).
+    TypeError
+        A covariate key that is not a string.
     ValueError
-        Negative, NaN/inf or (for counts) non-integer values, empty cells, missing batch labels.
+        Negative, NaN/inf or (for counts) non-integer values, empty cells, missing batch
+        labels; a covariate key given twice or equal to ``batch_key``, a covariate with
+        missing values, a constant covariate, a non-numeric continuous covariate.
     """
+    categorical_keys, continuous_keys = _covariate_keys(
+        categorical_covariate_keys, continuous_covariate_keys, batch_key
+    )
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     csr = _to_csr(_get_matrix(adata, layer))
     _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
     totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
     codes, categories = _batch_codes(adata, batch_key, None)
+    covariates = _training_covariates(adata, categorical_keys, continuous_keys)
+    categorical, continuous = _read_covariates(adata, covariates)
     setup = DataSetup(
         layer=layer,
         batch_key=batch_key,
         batch_categories=categories,
         var_names=tuple(str(v) for v in adata.var_names),
+        covariates=covariates,
     )
-    return setup, CellData(X=csr, batch_index=codes, library_size=totals)
+    return setup, CellData(
+        X=csr,
+        batch_index=codes,
+        library_size=totals,
+        categorical_covariates=categorical,
+        continuous_covariates=continuous,
+    )
 
 
 def read_query_data(
@@ -602,9 +893,11 @@ def read_query_data(
 
     Raises
     ------
+    KeyError
+        A covariate column of training is missing.
     ValueError
-        Genes differ from training, unseen batch categories, or bad values (see
-        :func:`read_training_data`).
+        Genes differ from training, unseen batch or covariate categories, or bad values
+        (see :func:`read_training_data`).
     """
     if tuple(str(v) for v in adata.var_names) != setup.var_names:
         train = pd.Index(setup.var_names)
@@ -630,7 +923,14 @@ def read_query_data(
         codes, _ = _batch_codes(adata, setup.batch_key, setup.batch_categories)
     else:
         codes = np.zeros(adata.n_obs, dtype=np.int64)
-    return CellData(X=csr, batch_index=codes, library_size=totals)
+    categorical, continuous = _read_covariates(adata, setup.covariates)
+    return CellData(
+        X=csr,
+        batch_index=codes,
+        library_size=totals,
+        categorical_covariates=categorical,
+        continuous_covariates=continuous,
+    )
 
 
 def log_normalize(data: CellData, *, target_sum: float = 1e4) -> CellData:
@@ -641,7 +941,7 @@ def log_normalize(data: CellData, *, target_sum: float = 1e4) -> CellData:
     X = data.X.copy()
     scale = np.repeat(target_sum / data.library_size, np.diff(X.indptr))  # (nnz,)
     X.data = np.log1p(X.data * scale).astype(np.float32)
-    return CellData(X=X, batch_index=data.batch_index, library_size=data.library_size)
+    return dataclasses.replace(data, X=X)
 
 
 def library_log_prior(

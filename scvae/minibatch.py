@@ -2,10 +2,12 @@
 
 A :class:`Minibatch` holds what a module's ``loss`` reads for ``B`` cells: the dense counts
 (or None when the encoders read the non-zeros), the batch codes, the non-zeros in coordinate
-form for the sparse likelihoods, and room for labels and covariates. :class:`CSRMinibatches`
-serves them from a validated :class:`~scvae.data.CellData`: the counts are copied to the
-training device once, as CSR, and each minibatch is gathered there by index, so the host
-sends only the index vector per step (no torch DataLoader, no per-batch AnnData slicing).
+form for the sparse likelihoods, labels, and the covariates beyond the batch
+(:class:`~scvae.nn.Covariates`: categorical codes, standardized continuous values).
+:class:`CSRMinibatches` serves them from a validated :class:`~scvae.data.CellData`: the
+counts are copied to the training device once, as CSR, and each minibatch is gathered there by
+index, so the host sends only the index vector per step (no torch DataLoader, no per-batch
+AnnData slicing).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 
 from scvae.data import CellData
 from scvae.distributions import NonZeros
+from scvae.nn import Covariates
 
-__all__ = ["CSRMinibatches", "Minibatch", "sparse_input_pays"]
+__all__ = ["CSRMinibatches", "Covariates", "Minibatch", "sparse_input_pays"]
 
 #: Largest fraction of non-zero counts at which the encoders read their input sparsely on the
 #: CPU, and the fewest genes (measured at 27e3092; `benchmarks/speed.py --genes 1000 2000 5000 all`
@@ -63,21 +66,29 @@ class Minibatch:
     labels
         (B,) int64 label codes (-1: unlabelled), or None for models without labels.
     covariates
-        (B, C) float covariates, or None.
+        The covariates beyond the batch: (B, C) int64 categorical codes and (B, D)
+        standardized continuous values (:class:`~scvae.nn.Covariates`), or None for a model
+        without them.
     """
 
     x: torch.Tensor | None
     batch_index: torch.Tensor
     nz: NonZeros | None
     labels: torch.Tensor | None = None
-    covariates: torch.Tensor | None = None
+    covariates: Covariates | None = None
 
     @classmethod
     def from_dense(
-        cls, x: torch.Tensor, batch_index: torch.Tensor, *, nonzeros: bool = True
+        cls,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        *,
+        nonzeros: bool = True,
+        covariates: Covariates | None = None,
     ) -> Minibatch:
         """A minibatch of dense counts (B, G); ``nonzeros=False`` selects the dense likelihood."""
-        return cls(x=x, batch_index=batch_index, nz=NonZeros.from_dense(x) if nonzeros else None)
+        nz = NonZeros.from_dense(x) if nonzeros else None
+        return cls(x=x, batch_index=batch_index, nz=nz, covariates=covariates)
 
     @property
     def n_cells(self) -> int:
@@ -106,7 +117,9 @@ class Minibatch:
             batch_index=move(self.batch_index),
             nz=moved,
             labels=move(self.labels),
-            covariates=move(self.covariates),
+            covariates=None
+            if self.covariates is None
+            else self.covariates.to(device, non_blocking=non_blocking),
         )
 
 
@@ -156,6 +169,8 @@ class CSRMinibatches:
         self.col = torch.from_numpy(X.indices.astype(np.int32, copy=False))  # (nnz,) int32
         self.val = torch.from_numpy(X.data.astype(np.float32, copy=False))  # (nnz,)
         self.batch_index = torch.from_numpy(data.batch_index)  # (N,)
+        self.categorical = _optional_tensor(data.categorical_covariates)  # (N, C) int64
+        self.continuous = _optional_tensor(data.continuous_covariates)  # (N, D) float32
         self.log_x_factorial = torch.from_numpy(data.log_x_factorial)  # (N,) computed once
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
         self.batch_size = batch_size
@@ -169,13 +184,19 @@ class CSRMinibatches:
         self.dense = dense
 
     _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
+    #: stored only for a model with covariates beyond the batch (None otherwise)
+    _OPTIONAL_STORAGE = ("categorical", "continuous")
+
+    def _stored(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self._STORAGE + self._OPTIONAL_STORAGE:
+            tensor = getattr(self, name)
+            if tensor is not None:
+                yield name, tensor
 
     @property
     def nbytes(self) -> int:
         """Bytes of the stored counts and per-cell vectors."""
-        return sum(
-            getattr(self, n).element_size() * getattr(self, n).numel() for n in self._STORAGE
-        )
+        return sum(t.element_size() * t.numel() for _, t in self._stored())
 
     def to(self, device: torch.device | str, *, resident: bool | None = None) -> CSRMinibatches:
         """Serve minibatches on ``device``.
@@ -196,8 +217,8 @@ class CSRMinibatches:
                 device.type != "cuda" or self.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]
             )
         storage = device if resident else torch.device("cpu")
-        for name in self._STORAGE:
-            tensor = getattr(self, name).to(storage)
+        for name, tensor in list(self._stored()):
+            tensor = tensor.to(storage)
             if storage.type == "cpu" and device.type == "cuda":
                 tensor = tensor.pin_memory()
             setattr(self, name, tensor)
@@ -216,7 +237,7 @@ class CSRMinibatches:
 
     def gather(self, rows: torch.Tensor) -> Minibatch:
         """The minibatch of the cells at ``rows``: dense counts (B, G) (None unless ``dense``),
-        batch codes (B,) and the non-zeros."""
+        batch codes (B,), the non-zeros and the covariates (None without)."""
         start = self.crow[rows]  # (B,)
         n_nz = self.crow[rows + 1] - start  # (B,)
         row_of_nz = torch.repeat_interleave(
@@ -234,7 +255,13 @@ class CSRMinibatches:
             x = torch.zeros(len(rows), self.n_genes, device=rows.device)  # (B, G)
             x[row_of_nz, col] = val
         nz = NonZeros(row_of_nz, col, val, self.log_x_factorial[rows], len(rows), first_nz)
-        return Minibatch(x=x, batch_index=self.batch_index[rows], nz=nz)
+        covariates = None
+        if self.categorical is not None or self.continuous is not None:
+            covariates = Covariates(
+                None if self.categorical is None else self.categorical[rows],
+                None if self.continuous is None else self.continuous[rows],
+            )  # (B, C), (B, D)
+        return Minibatch(x=x, batch_index=self.batch_index[rows], nz=nz, covariates=covariates)
 
     def __iter__(self) -> Iterator[Minibatch]:
         order = self.indices
@@ -245,3 +272,8 @@ class CSRMinibatches:
         for b in range(len(self)):
             batch = self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
             yield batch.to(self.device, non_blocking=True) if streaming else batch
+
+
+def _optional_tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    """A tensor sharing ``array``'s memory, or None."""
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))

@@ -74,6 +74,56 @@ def test_bad_input_one_line_error_no_output(h5ad, tmp_path, capsys, extra, messa
     assert list(tmp_path.iterdir()) == [h5ad]
 
 
+@pytest.fixture
+def h5ad_with_covariates(tmp_path):
+    path = tmp_path / "in.h5ad"
+    adata = scvae.datasets.simulate(n_cells=80, n_genes=40, n_batches=2, seed=2)
+    rng = np.random.default_rng(0)
+    adata.obs["donor"] = rng.choice(["d1", "d2"], adata.n_obs)
+    adata.obs["chemistry"] = rng.choice(["v2", "v3"], adata.n_obs)
+    adata.obs["pct_mt"] = rng.normal(5.0, 2.0, adata.n_obs)
+    adata.write_h5ad(path)
+    return path
+
+
+def test_fit_with_covariates_records_them(h5ad_with_covariates, tmp_path) -> None:
+    out = tmp_path / "out.h5ad"
+    argv = [
+        "fit", str(h5ad_with_covariates), "-o", str(out), "--batch-key", "batch",
+        "--categorical-covariate-keys", "donor,chemistry", "--continuous-covariate-keys",
+        "pct_mt", "--encode-covariates", "--n-latent", "3", "--max-epochs", "2", "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    params = ad.read_h5ad(out).uns["zinbvae"]["params"]
+    assert list(params["categorical_covariate_keys"]) == ["donor", "chemistry"]
+    assert list(params["continuous_covariate_keys"]) == ["pct_mt"]
+    assert bool(params["encode_covariates"]) is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--continuous-covariate-keys", "donor"],
+            "adata.obs['donor'] (continuous_covariate_keys)",
+        ),
+        (["--categorical-covariate-keys", "nope"], "'nope' is not a column of adata.obs"),
+        (["--categorical-covariate-keys", "donor,"], "comma-separated obs column names"),
+        (["--model", "ppca", "--categorical-covariate-keys", "donor"], "does not apply"),
+    ],
+)
+def test_bad_covariates_one_line_error(h5ad_with_covariates, tmp_path, capsys, extra, message):
+    out = tmp_path / "out.h5ad"
+    argv = ["fit", str(h5ad_with_covariates), "-o", str(out), "--quiet", *extra]
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_missing_file_via_entry_point(tmp_path) -> None:
     out = tmp_path / "out.h5ad"
     proc = subprocess.run(

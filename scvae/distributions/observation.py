@@ -43,7 +43,7 @@ from scvae.distributions.likelihoods import (
     sample_poisson,
     sample_zinb,
 )
-from scvae.nn import CountDecoder, DecoderOutput, GaussianDecoder
+from scvae.nn import CountDecoder, CovariateSizes, DecoderOutput, GaussianDecoder
 
 __all__ = [
     "DISPERSIONS",
@@ -87,8 +87,10 @@ class ObservationModel(ABC):
         n_layers: int,
         n_batch: int,
         dispersion: Dispersion,
+        covariates: CovariateSizes | None = None,
     ) -> nn.Module:
-        """The decoder network with the heads this likelihood needs."""
+        """The decoder network with the heads this likelihood needs (``covariates``: those
+        beyond the batch, injected into every layer as the batch is)."""
         return CountDecoder(
             n_latent,
             n_genes,
@@ -97,6 +99,7 @@ class ObservationModel(ABC):
             n_batch=n_batch,
             gene_cell_dispersion=False,
             zero_inflation=False,
+            covariates=covariates,
         )
 
     @classmethod
@@ -203,7 +206,9 @@ class _Dispersed(ObservationModel):
     zero_inflated: ClassVar[bool] = False
 
     @classmethod
-    def make_decoder(cls, n_latent, n_genes, *, n_hidden, n_layers, n_batch, dispersion):
+    def make_decoder(
+        cls, n_latent, n_genes, *, n_hidden, n_layers, n_batch, dispersion, covariates=None
+    ):
         """Proportions, plus zero-inflation logits and per-cell ``log theta`` as needed."""
         return CountDecoder(
             n_latent,
@@ -213,6 +218,7 @@ class _Dispersed(ObservationModel):
             n_batch=n_batch,
             gene_cell_dispersion=dispersion == "gene-cell",
             zero_inflation=cls.zero_inflated,
+            covariates=covariates,
         )
 
     @classmethod
@@ -358,10 +364,17 @@ class Gaussian(ObservationModel):
     parameter_name: ClassVar[str | None] = "log_var"
 
     @classmethod
-    def make_decoder(cls, n_latent, n_genes, *, n_hidden, n_layers, n_batch, dispersion):
+    def make_decoder(
+        cls, n_latent, n_genes, *, n_hidden, n_layers, n_batch, dispersion, covariates=None
+    ):
         """An MLP and a linear head to the genes."""
         return GaussianDecoder(
-            n_latent, n_genes, n_hidden=n_hidden, n_layers=n_layers, n_batch=n_batch
+            n_latent,
+            n_genes,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_batch=n_batch,
+            covariates=covariates,
         )
 
     @classmethod

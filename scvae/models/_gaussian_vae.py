@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from anndata import AnnData
@@ -30,6 +31,8 @@ class GaussianVAE(VAEModel):
         Layer with raw counts (``log_normalize=True``) or with the data to model as it is.
     batch_key
         ``obs`` column of batches (one-hot covariate in encoder and decoder).
+    categorical_covariate_keys, continuous_covariate_keys, encode_covariates
+        Covariates beyond the batch, as in :class:`~scvae.ZINBVAE`.
     log_normalize
         Log-normalize counts inside (default). False: model the layer's values as they are
         (finite values required; negative values allowed, e.g. scaled data).
@@ -46,6 +49,9 @@ class GaussianVAE(VAEModel):
         *,
         layer: str | None = None,
         batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        encode_covariates: bool = False,
         log_normalize: bool = True,
         n_latent: int = 10,
         n_hidden: int = 128,
@@ -60,8 +66,16 @@ class GaussianVAE(VAEModel):
             dispersion="gene",
             library="observed",
             log_normalize=log_normalize,
+            encode_covariates=encode_covariates,
         )
-        self._setup_from(adata, layer=layer, batch_key=batch_key, config=config)
+        self._setup_from(
+            adata,
+            layer=layer,
+            batch_key=batch_key,
+            config=config,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
 
     def _reads_counts(self, config: VAEConfig) -> bool:
         return config.log_normalize

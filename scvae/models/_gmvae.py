@@ -112,6 +112,9 @@ class GMVAE(VAEModel):
         Layer with the raw counts; None uses ``adata.X``.
     batch_key
         ``obs`` column of batches to correct for (one-hot covariate in encoder and decoder).
+    categorical_covariate_keys, continuous_covariate_keys, encode_covariates
+        Covariates beyond the batch, as in :class:`ZINBVAE` (``q(y | x)`` follows from
+        ``q(z | x, s)``, so with ``encode_covariates`` the clusters see them too).
     n_latent, n_hidden, n_layers, dropout_rate
         Latent dimension and network sizes.
     dispersion
@@ -139,6 +142,9 @@ class GMVAE(VAEModel):
         likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
         layer: str | None = None,
         batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        encode_covariates: bool = False,
         n_latent: int = 10,
         n_hidden: int = 128,
         n_layers: int = 1,
@@ -153,6 +159,7 @@ class GMVAE(VAEModel):
             dropout_rate=dropout_rate,
             dispersion=dispersion,
             library=library,
+            encode_covariates=encode_covariates,
             n_components=n_components,
             candidates=None if candidates is None else tuple(np.atleast_1d(candidates).tolist()),
             likelihood=likelihood,
@@ -168,7 +175,14 @@ class GMVAE(VAEModel):
                 f"candidates must include a K of at most the number of cells ({n_cells}), got "
                 f"{list(config.candidates)}."
             )
-        self._setup_from(adata, layer=layer, batch_key=batch_key, config=config)
+        self._setup_from(
+            adata,
+            layer=layer,
+            batch_key=batch_key,
+            config=config,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
 
     def _init_state(self, setup: DataSetup, config: VAEConfig, *, data: Any) -> None:
         super()._init_state(setup, config, data=data)
@@ -189,7 +203,7 @@ class GMVAE(VAEModel):
             log_var,
             n_components=int(k),
             likelihood=self.likelihood,
-            **self.config.module_options(),
+            **self._module_options(),
         )
 
     @property
@@ -201,8 +215,10 @@ class GMVAE(VAEModel):
 
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "not trained"
+        keys = self.setup.covariates.keys
+        covariates = f"covariates {list(keys)}, " if keys else ""
         return (
-            f"GMVAE({self.setup.n_genes} genes, {self.setup.n_batch} batches, "
+            f"GMVAE({self.setup.n_genes} genes, {self.setup.n_batch} batches, {covariates}"
             f"n_components={self.n_components}, likelihood={self.likelihood!r}, "
             f"n_latent={self.config.n_latent}; {state})"
         )
@@ -394,7 +410,7 @@ class GMVAE(VAEModel):
             log_var,
             n_components=k,
             likelihood=self.likelihood,
-            **self.config.module_options(),
+            **self._module_options(),
         ).to(log_mean.device)
         state = {
             name: value

@@ -31,9 +31,9 @@ from scvae.data import (
 )
 from scvae.distributions import ObservationModel, observation_model
 from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
+from scvae.models._de import DifferentialExpression
 from scvae.models._io import SavedModel
 from scvae.models._vae_config import VAEConfig
-from scvae.models._de import DifferentialExpression
 from scvae.models._vae_queries import VAEQueries, _seeded
 from scvae.module.vae import VAEModule
 
@@ -73,6 +73,9 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         *,
         layer: str | None = None,
         batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        encode_covariates: bool = False,
         n_latent: int = 10,
         n_hidden: int = 128,
         n_layers: int = 1,
@@ -87,16 +90,37 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             dropout_rate=dropout_rate,
             dispersion=dispersion,
             library=library,
+            encode_covariates=encode_covariates,
         )
-        self._setup_from(adata, layer=layer, batch_key=batch_key, config=config)
+        self._setup_from(
+            adata,
+            layer=layer,
+            batch_key=batch_key,
+            config=config,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
 
     # ------------------------------------------------------------------------ construction
     def _setup_from(
-        self, adata: AnnData, *, layer: str | None, batch_key: str | None, config: VAEConfig
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None,
+        batch_key: str | None,
+        config: VAEConfig,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
     ) -> None:
         counts = self._reads_counts(config)
         setup, data = read_training_data(
-            adata, layer=layer, batch_key=batch_key, counts=counts, nonnegative=counts
+            adata,
+            layer=layer,
+            batch_key=batch_key,
+            counts=counts,
+            nonnegative=counts,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
         )
         self._init_state(setup, config, data=self._transform(data, config))
         self._obs_names = pd.Index(adata.obs_names)
@@ -130,8 +154,17 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             log_mean,
             log_var,
             likelihood=self.likelihood,
-            **self.config.module_options(),
+            **self._module_options(),
         )
+
+    def _module_options(self) -> dict[str, Any]:
+        """The module's options: the configuration and the sizes of the covariates."""
+        options = self.config.module_options()
+        covariates = self.setup.covariates
+        if covariates:  # a model without covariates builds exactly the module it always did
+            options["n_cats_per_cov"] = covariates.n_categories
+            options["n_continuous_cov"] = covariates.n_continuous
+        return options
 
     @property
     def is_trained(self) -> bool:
@@ -153,13 +186,26 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         """Batch labels known to the model."""
         return list(self.setup.batch_categories)
 
+    @property
+    def covariate_categories(self) -> dict[str, list[str]]:
+        """The categories known to the model of each categorical covariate."""
+        covariates = self.setup.covariates
+        return {
+            key: list(categories)
+            for key, categories in zip(
+                covariates.categorical_keys, covariates.categories, strict=True
+            )
+        }
+
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "not trained"
         c = self.config
+        keys = self.setup.covariates.keys
+        covariates = f", covariates {list(keys)}" if keys else ""
         return (
-            f"{type(self).__name__}({self.setup.n_genes} genes, {self.setup.n_batch} batches, "
-            f"n_latent={c.n_latent}, dispersion={c.dispersion!r}, library={c.library!r}; "
-            f"{state})"
+            f"{type(self).__name__}({self.setup.n_genes} genes, {self.setup.n_batch} batches"
+            f"{covariates}, n_latent={c.n_latent}, dispersion={c.dispersion!r}, "
+            f"library={c.library!r}; {state})"
         )
 
     # ------------------------------------------------------------------------------ training
@@ -263,7 +309,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             data,
             config,
             callbacks=callbacks,
-            model_options={"model": type(self).__name__, **self.config.to_dict()},
+            model_options=self._fingerprint_options(),
         )
         if config.early_stopping and not result.record["early_stopping"]:
             _LOG.info("train_size=1.0 leaves no validation cells: early stopping is off.")
@@ -277,6 +323,15 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         options = {**config.to_dict(), **result.record}
         self.training = {k: options[k] for k in _RECORDED if k in options}
         return self
+
+    def _fingerprint_options(self) -> dict[str, Any]:
+        """The model options a checkpoint must match (the covariates' setup when there are)."""
+        options = {"model": type(self).__name__, **self.config.to_dict()}
+        if self.setup.covariates:
+            options["covariates"] = self.setup.covariates.to_dict()
+        else:  # no effect without covariates: checkpoints of older fits still resume
+            options.pop("encode_covariates")
+        return options
 
     def _require_training_data(self) -> CellData:
         if self._data is None:
@@ -397,6 +452,8 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             "layer": self.setup.layer,
             "batch_key": self.setup.batch_key,
             "batch_categories": list(self.setup.batch_categories),
+            "categorical_covariate_keys": list(self.setup.covariates.categorical_keys) or None,
+            "continuous_covariate_keys": list(self.setup.covariates.continuous_keys) or None,
             **self.training,
             "scvae_version": __version__,
         }

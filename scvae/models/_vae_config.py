@@ -26,6 +26,9 @@ class VAEConfig:
         ``"latent"`` or ``"observed"`` (count models).
     log_normalize
         GaussianVAE: log-normalize counts inside (else model the layer as it is).
+    encode_covariates
+        Also inject the covariates beyond the batch into the encoders (else the decoder only).
+        The covariate keys themselves belong to the data (:class:`~scvae.data.DataSetup`).
     """
 
     n_latent: int = 10
@@ -35,6 +38,7 @@ class VAEConfig:
     dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene"
     library: Literal["latent", "observed"] = "latent"
     log_normalize: bool = True
+    encode_covariates: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_latent", "n_hidden", "n_layers"):
@@ -46,6 +50,8 @@ class VAEConfig:
         checks.choice("dispersion", self.dispersion, DISPERSIONS)
         checks.choice("library", self.library, LIBRARIES)
         object.__setattr__(self, "log_normalize", bool(self.log_normalize))
+        encode = checks.boolean("encode_covariates", self.encode_covariates)
+        object.__setattr__(self, "encode_covariates", encode)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""

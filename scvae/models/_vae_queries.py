@@ -12,7 +12,8 @@ batch_size)``, ``setup``, ``config``, ``device``, ``observation``, ``var_names``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +24,7 @@ from anndata import AnnData
 
 from scvae import checks
 from scvae.data import check_writable
-from scvae.minibatch import Minibatch
+from scvae.minibatch import Covariates, Minibatch
 from scvae.module.vae import VAEModule
 
 __all__ = ["VAEQueries"]
@@ -43,6 +44,7 @@ class VAEQueries:
         *,
         gene_list: Sequence[str] | None = None,
         transform_batch: Any = None,
+        transform_covariates: Mapping[str, Any] | None = None,
         library_size: float | Literal["latent"] = 1e4,
         n_samples: int = 1,
         layer: str | None = None,
@@ -64,6 +66,11 @@ class VAEQueries:
             Decode every cell as if it came from this batch (a label as in
             ``adata.obs[batch_key]``, string or number), or from each of several batches and
             average: batch-corrected expression. None decodes each cell with its own batch.
+        transform_covariates
+            Decode every cell as if it had these covariate values, ``{key: value}``: a
+            category (as in ``adata.obs[key]``) of a categorical covariate, a number in the
+            column's own units of a continuous one (standardized inside). Covariates not named
+            keep each cell's own value; None keeps them all.
         library_size
             Scale of the proportions ``rho``: a number (1e4: counts per 10k), or ``"latent"``
             for each cell's own library (posterior mean of ``l``, or the observed total when
@@ -98,6 +105,7 @@ class VAEQueries:
             raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}.")
         if not isinstance(library_size, str):
             checks.fraction("library_size", library_size, low=0.0, high=np.inf, include_low=False)
+        self._covariate_values(transform_covariates)  # a bad key or value fails before work
         data = self._cells(adata)
         codes = self._transform_codes(transform_batch)
         latent_library = library_size == "latent" and module.observation.counts
@@ -111,11 +119,14 @@ class VAEQueries:
                 decode_as = [batch.batch_index] if not codes else [
                     batch.batch_index.new_full((batch.n_cells,), code) for code in codes
                 ]  # fmt: skip
+                covariates = self._decode_covariates(batch, transform_covariates)
                 total = torch.zeros(batch.n_cells, len(genes), device=self.device)
                 for _ in range(n_samples):
                     z, log_l = _posterior_point(module, batch, posterior, draw=n_samples > 1)
                     for b in decode_as:
-                        expr = module.denoised(z, b, library_size=scale).index_select(-1, index)
+                        expr = module.denoised(
+                            z, b, library_size=scale, covariates=covariates
+                        ).index_select(-1, index)
                         total += expr * torch.exp(log_l) if latent_library else expr
                 total /= n_samples * len(decode_as)
                 out[start : start + batch.n_cells] = total.cpu().numpy()
@@ -125,6 +136,77 @@ class VAEQueries:
             return None
         obs_names = adata.obs_names if adata is not None else self._obs_names
         return pd.DataFrame(out, index=pd.Index(obs_names), columns=self.var_names[genes])
+
+    def _decode_covariates(
+        self, batch: Minibatch, values: Mapping[str, Any] | None
+    ) -> Covariates | None:
+        """The covariates to decode ``batch`` under: ``batch.covariates`` with those named in
+        ``values`` (``{key: category or number in original units}``) set for every cell.
+
+        Parameters
+        ----------
+        batch
+            The cells, with their own covariates (None for a model without them).
+        values
+            Covariate values to impose (validated as in ``transform_covariates``); None or
+            ``{}`` keeps each cell's own.
+
+        Returns
+        -------
+        Covariates or None
+            What :meth:`VAEModule.decode` (``denoised``, ``generative``) takes as
+            ``covariates``.
+        """
+        categorical, continuous = self._covariate_values(values)
+        own = batch.covariates
+        if own is None or not (categorical or continuous):
+            return own
+        return _with_values(own, categorical, continuous)
+
+    def _covariate_values(
+        self, values: Mapping[str, Any] | None
+    ) -> tuple[dict[int, int], dict[int, float]]:
+        """Validated ``{key: value}``: codes by categorical column, standardized values by
+        continuous column.
+
+        Raises
+        ------
+        TypeError
+            ``values`` is not a mapping, or a continuous value is not a number.
+        KeyError
+            A key that is not a covariate of the model (the message lists them).
+        ValueError
+            An unknown category (the message lists the known ones), a non-finite number.
+        """
+        if values is None:
+            return {}, {}
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                "Covariate values must be a dict {covariate key: value}, got "
+                f"{type(values).__name__}."
+            )
+        setup = self.setup.covariates
+        categorical: dict[int, int] = {}
+        continuous: dict[int, float] = {}
+        for key, value in values.items():
+            if key in setup.categorical_keys:
+                categorical[setup.categorical_keys.index(key)] = setup.category_code(key, value)
+            elif key in setup.continuous_keys:
+                number = _finite_number(key, value)
+                continuous[setup.continuous_keys.index(key)] = float(setup.standardize(key, number))
+            else:
+                raise KeyError(self._unknown_covariate(key))
+        return categorical, continuous
+
+    def _unknown_covariate(self, key: object) -> str:
+        keys = self.setup.covariates.keys
+        known = (
+            f"its covariates are {', '.join(map(repr, keys))}"
+            if keys
+            else "it has none beyond the batch"
+        )
+        hint = " (the batch is set with transform_batch)" if key == self.setup.batch_key else ""
+        return f"{key!r} is not a covariate of this model: {known}{hint}."
 
     def _gene_positions(self, gene_list: Sequence[str] | None) -> np.ndarray:
         """Positions of ``gene_list`` in :attr:`var_names` (all genes for None)."""
@@ -283,13 +365,20 @@ class VAEQueries:
         with _seeded(seed, self.device):
             for batch in self._minibatches(data, batch_size):
                 inf = module.inference(batch, n_samples=n_samples)
-                px = module.generative(inf.z, inf.log_library, batch.batch_index)
+                px = module.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
                 out.append(px.sample().cpu())  # (K, B, G)
         counts = torch.cat(out, dim=1).numpy()
         return counts[0] if n_samples == 1 else counts
 
     @torch.inference_mode()
-    def generate(self, n_cells: int, *, batch: Any = None, seed: int = 0) -> AnnData:
+    def generate(
+        self,
+        n_cells: int,
+        *,
+        batch: Any = None,
+        covariates: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> AnnData:
         """Ancestral sampling from the prior: ``z ~ p(z)``, ``l ~ p(l | s)``, ``x ~ p(x|z,l,s)``.
 
         ``p(z)`` is ``N(0, I)``, or the mixture of :class:`GMVAE` (``y ~ pi``, then ``z | y``).
@@ -301,6 +390,10 @@ class VAEQueries:
         batch
             One batch label for every cell (string or number, as in ``adata.obs[batch_key]``),
             or one per cell; None: the first batch.
+        covariates
+            For a model with covariates beyond the batch: ``{key: value}`` for every cell, as
+            ``transform_covariates`` of :meth:`get_normalized_expression`. Those not named
+            take the first category, or the training mean.
         seed
             Seeds the draw.
 
@@ -308,16 +401,19 @@ class VAEQueries:
         -------
         AnnData
             Counts in ``X`` (CSR), ``obs["batch"]``, the drawn ``z`` in ``obsm["X_latent"]`` and
-            library sizes in ``obs["library_size"]``.
+            library sizes in ``obs["library_size"]``; with covariates also ``obs[<key>]`` for
+            each.
         """
         module = self._trained_module()
         n_cells = checks.positive_int("n_cells", n_cells)
         codes = self._batch_codes(batch, n_cells)
+        categorical, continuous = self._covariate_values(covariates)
+        decode_under = self._prior_covariates(n_cells, categorical, continuous)
         module.to(self.device).eval()
         with _seeded(seed, self.device):
             z = module.sample_prior_z(n_cells, device=self.device)  # (N, L)
             log_library = module.library_prior(codes).sample()  # (N, 1)
-            x = module.generative(z, log_library, codes).sample()  # (N, G)
+            x = module.generative(z, log_library, codes, decode_under).sample()  # (N, G)
         x = x.cpu().numpy()
         categories = self.batch_categories
         out = AnnData(
@@ -332,7 +428,39 @@ class VAEQueries:
             var=pd.DataFrame(index=self.var_names),
         )
         out.obsm["X_latent"] = z.cpu().numpy()
+        for key, column in self._covariate_columns(decode_under).items():
+            out.obs[key] = column
         return out
+
+    def _prior_covariates(
+        self, n_cells: int, categorical: dict[int, int], continuous: dict[int, float]
+    ) -> Covariates | None:
+        """Covariates of generated cells: the first category and the training mean (0 once
+        standardized) unless given; None for a model without covariates."""
+        setup = self.setup.covariates
+        if not setup:
+            return None
+        base = Covariates(
+            torch.zeros(n_cells, len(setup.categorical_keys), dtype=torch.int64)
+            if setup.categorical_keys
+            else None,
+            torch.zeros(n_cells, setup.n_continuous) if setup.n_continuous else None,
+        )
+        return _with_values(base, categorical, continuous).to(self.device)
+
+    def _covariate_columns(self, covariates: Covariates | None) -> dict[str, Any]:
+        """``obs`` columns of covariates: categoricals, and numbers in original units."""
+        setup = self.setup.covariates
+        columns: dict[str, Any] = {}
+        if covariates is None:
+            return columns
+        for j, key in enumerate(setup.categorical_keys):
+            codes = covariates.categorical[:, j].cpu().numpy()
+            columns[key] = pd.Categorical.from_codes(codes, list(setup.categories[j]))
+        for j, key in enumerate(setup.continuous_keys):
+            values = covariates.continuous[:, j].double().cpu().numpy()
+            columns[key] = values * setup.sds[j] + setup.means[j]
+        return columns
 
     # --------------------------------------------------------------------------- diagnostics
     @torch.inference_mode()
@@ -425,3 +553,31 @@ class _seeded:
 
     def __exit__(self, *exc: object) -> None:
         self._fork.__exit__(*exc)
+
+
+def _finite_number(key: str, value: Any) -> float:
+    """``value`` of the continuous covariate ``key`` as a finite float, or raise."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"The continuous covariate {key!r} takes a number (in its own units), got {value!r}."
+        )
+    if not np.isfinite(value):
+        raise ValueError(f"The continuous covariate {key!r} takes a finite number, got {value!r}.")
+    return float(value)
+
+
+def _with_values(
+    covariates: Covariates, categorical: dict[int, int], continuous: dict[int, float]
+) -> Covariates:
+    """``covariates`` with column ``j`` of the categorical codes set to ``categorical[j]`` and
+    column ``j`` of the continuous values set to ``continuous[j]``, for every cell."""
+    codes, values = covariates.categorical, covariates.continuous
+    if categorical:
+        codes = codes.clone()
+        for j, code in categorical.items():
+            codes[:, j] = code
+    if continuous:
+        values = values.clone()
+        for j, value in continuous.items():
+            values[:, j] = value
+    return Covariates(codes, values)

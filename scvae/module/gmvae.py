@@ -1,6 +1,7 @@
 """The mixture-prior VAE (GMVAE): scVI's count model with a Gaussian mixture as the prior of z.
 
-Generative model for cell ``n`` with batch ``s_n``::
+Generative model for cell ``n`` with batch ``s_n`` (and covariates ``c_n`` beside ``s_n`` in
+the networks, as in :class:`~scvae.module.vae.VAEModule`)::
 
     y_n   ~ Categorical(pi)                          (the cell's cluster, K components)
     z_n   ~ Normal(mu_{y_n}, diag sigma_{y_n}^2)     (learned per component)
@@ -129,7 +130,7 @@ class GMVAEModule(VAEModule):
     def loss(self, batch: Minibatch, *, kl_weight: float = 1.0) -> LossOutput:
         """Negative ELBO with the KL to the mixture exact over y; ``kl_z`` is its mixture part."""
         inf = self.inference(batch)
-        px = self.generative(inf.z, inf.log_library, batch.batch_index)
+        px = self.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
         reconstruction = px.log_likelihood(batch.x, nz=batch.nz)  # (N,)
         if self.mixture_prior:
             kl_z = self.mixture_kl(inf.qz)  # (N,)
@@ -155,7 +156,7 @@ class GMVAEModule(VAEModule):
         ``log p(z)`` is the mixture density, y summed out exactly: (K, N).
         """
         inf = self.inference(batch, n_samples=n_samples, posterior=posterior)
-        px = self.generative(inf.z, inf.log_library, batch.batch_index)
+        px = self.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
         log_w = px.log_likelihood(batch.x, nz=batch.nz)  # (K, N)
         log_w = log_w + self.log_prior_z(inf.z) - inf.qz.log_prob(inf.z).sum(-1)
         if inf.ql is not None:

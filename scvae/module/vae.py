@@ -13,6 +13,10 @@ Generative model for cell ``n`` with batch ``s_n`` (Lopez et al., Nature Methods
 Variational posterior ``q(z | x, s) q(log l | x, s)``: two Gaussian encoders on ``log1p(x)``.
 ``library="observed"`` replaces the latent ``l`` by the observed total count.
 
+Covariates beyond the batch ``c_n`` (categorical codes and standardized continuous values,
+:class:`~scvae.nn.Covariates`, in ``batch.covariates``) enter the decoder wherever ``s_n`` does,
+``f_w(z_n, s_n, c_n)``, and with ``encode_covariates`` the encoders too, as in scVI.
+
 ``likelihood`` picks the observation model ``p(x | z, l, s)`` (:mod:`scvae.distributions`):
 ZINB, NB, Poisson, or the Gaussian VAE baseline on log-normalized data, ``x ~ Normal(mu(z, s),
 diag sigma^2)`` with gene-wise variances, no library and the encoder on ``x`` itself. The
@@ -26,6 +30,7 @@ weighted bound (IWAE) uses ``log w = log p(x|z,l) + log p(z) + log p(l) - log q(
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +41,7 @@ from torch.distributions import Normal, kl_divergence
 from scvae.distributions import DISPERSIONS, ObservationModel, observation_model
 from scvae.distributions.observation import Dispersion, Likelihood
 from scvae.minibatch import Minibatch
-from scvae.nn import DecoderOutput, GaussianEncoder, SparseInput
+from scvae.nn import Covariates, CovariateSizes, DecoderOutput, GaussianEncoder, SparseInput
 
 __all__ = ["DISPERSIONS", "LIBRARIES", "Inference", "Library", "LossOutput", "VAEModule"]
 
@@ -97,6 +102,12 @@ class VAEModule(nn.Module):
         ``"gene"`` (theta_g), ``"gene-batch"`` (theta_{g,s}) or ``"gene-cell"`` (decoded per cell).
     library
         ``"latent"`` (LogNormal latent with the empirical prior) or ``"observed"``.
+    n_cats_per_cov
+        Number of categories of each categorical covariate beyond the batch (scVI's name).
+    n_continuous_cov
+        Number of continuous covariates.
+    encode_covariates
+        Also inject the covariates into the encoders (by default only into the decoder).
     """
 
     def __init__(
@@ -113,9 +124,15 @@ class VAEModule(nn.Module):
         likelihood: Likelihood = "zinb",
         dispersion: Dispersion = "gene",
         library: Library = "latent",
+        n_cats_per_cov: Sequence[int] = (),
+        n_continuous_cov: int = 0,
+        encode_covariates: bool = False,
     ) -> None:
         super().__init__()
         self.n_genes, self.n_batch, self.n_latent = n_genes, n_batch, n_latent
+        covariates = CovariateSizes(tuple(int(n) for n in n_cats_per_cov), int(n_continuous_cov))
+        self.covariate_sizes = covariates
+        self.encode_covariates = bool(encode_covariates) and bool(covariates)
         self.observation: type[ObservationModel] = observation_model(likelihood)
         # encoders read x by its non-zeros when given them (same function; faster on the CPU
         # for sparse data): a switch of the computation, not of the model
@@ -125,6 +142,7 @@ class VAEModule(nn.Module):
             "n_layers": n_layers,
             "n_batch": n_batch,
             "dropout_rate": dropout_rate,
+            "covariates": covariates if self.encode_covariates else None,
         }
         self.z_encoder = GaussianEncoder(n_genes, n_latent, **encoder_kwargs)
         self.l_encoder = (
@@ -139,6 +157,7 @@ class VAEModule(nn.Module):
             n_layers=n_layers,
             n_batch=n_batch,
             dispersion=dispersion,
+            covariates=covariates or None,
         )
         parameter = self.observation.make_parameter(n_genes, n_batch, dispersion)
         if parameter is not None:  # log_theta (NB, ZINB) or log_var (Gaussian)
@@ -157,16 +176,18 @@ class VAEModule(nn.Module):
         """The amortized posteriors ``q(z | x, s)`` over (N, L) and ``q(log l | x, s)`` over (N, 1).
 
         ``q(log l | x, s)`` is None when the library is observed (or absent). The encoders read
-        the counts by their non-zeros when :attr:`sparse_input` is set or ``batch.x`` is None.
+        the counts by their non-zeros when :attr:`sparse_input` is set or ``batch.x`` is None,
+        and ``batch.covariates`` with :attr:`encode_covariates`.
         """
         encoder_input = self._encoder_input(batch)  # (N, G) dense or by its non-zeros
-        qz = self.z_encoder(encoder_input, batch.batch_index)  # Normal over (N, L)
+        covariates = batch.covariates if self.encode_covariates else None
+        qz = self.z_encoder(encoder_input, batch.batch_index, covariates)  # Normal over (N, L)
         if self.l_encoder is None or not self.observation.counts:
             return qz, None
         # q(log l | x, s) = N(log(1 + sum_g x_g) + m(x, s), v(x, s)): the network learns the
         # correction to the observed log total, so the posterior is right from the first
         # step (from zero it needed ~100 epochs to learn a log library of ~8)
-        delta = self.l_encoder(encoder_input, batch.batch_index)  # Normal over (N, 1)
+        delta = self.l_encoder(encoder_input, batch.batch_index, covariates)  # over (N, 1)
         return qz, Normal(delta.loc + torch.log1p(self._totals(batch)), delta.scale)
 
     def inference(
@@ -209,27 +230,45 @@ class VAEModule(nn.Module):
         return transform(batch.x)  # (N, G)
 
     # ---------------------------------------------------------------------------- generative
-    def decode(self, z: torch.Tensor, batch_index: torch.Tensor) -> DecoderOutput:
-        """The decoder's output for ``z`` ([K,] N, L) under batches ``batch_index`` (N,)."""
+    def decode(
+        self,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        covariates: Covariates | None = None,
+    ) -> DecoderOutput:
+        """The decoder's output for ``z`` ([K,] N, L) under batches ``batch_index`` (N,) and
+        ``covariates`` of the N cells (None for a module without covariates)."""
         lead = z.shape[:-1]  # ([K,] N)
         z_flat = z.reshape(-1, self.n_latent)  # (K*N, L)
         batch_flat = batch_index.expand(lead).reshape(-1)  # (K*N,)
-        return self.decoder(z_flat, batch_flat).reshape(*lead, self.n_genes)  # ([K,] N, G)
+        covariates_flat = None if covariates is None else covariates.expand(lead)  # (K*N, .)
+        out = self.decoder(z_flat, batch_flat, covariates_flat)
+        return out.reshape(*lead, self.n_genes)  # ([K,] N, G)
 
     def generative(
-        self, z: torch.Tensor, log_library: torch.Tensor, batch_index: torch.Tensor
+        self,
+        z: torch.Tensor,
+        log_library: torch.Tensor,
+        batch_index: torch.Tensor,
+        covariates: Covariates | None = None,
     ) -> ObservationModel:
-        """Decode ``z`` ([K,] N, L) and ``log l`` ([K,] N, 1) into ``p(x | z, l, s)``."""
-        out = self.decode(z, batch_index)
+        """Decode ``z`` ([K,] N, L) and ``log l`` ([K,] N, 1) into ``p(x | z, l, s, c)``."""
+        out = self.decode(z, batch_index, covariates)
         return self.observation.from_decoder(
             out, log_library, batch_index, self.observation_parameter
         )
 
     def denoised(
-        self, z: torch.Tensor, batch_index: torch.Tensor, *, library_size: float
+        self,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        *,
+        library_size: float,
+        covariates: Covariates | None = None,
     ) -> torch.Tensor:
-        """Denoised expression: ``library_size * rho(z, s)``, or ``mu(z, s)`` if Gaussian."""
-        return self.observation.normalized(self.decode(z, batch_index), library_size)
+        """Denoised expression: ``library_size * rho(z, s, c)``, or ``mu(z, s, c)`` if Gaussian."""
+        out = self.decode(z, batch_index, covariates)
+        return self.observation.normalized(out, library_size)
 
     # --------------------------------------------------------------------------------- priors
     def sample_prior_z(self, n_cells: int, *, device: torch.device) -> torch.Tensor:
@@ -249,7 +288,7 @@ class VAEModule(nn.Module):
         The sparse likelihood (non-zeros only; same value, faster) is used.
         """
         inf = self.inference(batch)
-        px = self.generative(inf.z, inf.log_library, batch.batch_index)
+        px = self.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
         reconstruction = px.log_likelihood(batch.x, nz=batch.nz)  # (N,)
         prior_z = Normal(torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale))
         kl_z = kl_divergence(inf.qz, prior_z).sum(-1)  # (N,)
@@ -277,7 +316,7 @@ class VAEModule(nn.Module):
         (from :meth:`encode`) lets blocks of draws share one pass of the encoders.
         """
         inf = self.inference(batch, n_samples=n_samples, posterior=posterior)
-        px = self.generative(inf.z, inf.log_library, batch.batch_index)
+        px = self.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
         log_px = px.log_likelihood(batch.x, nz=batch.nz)  # (K, N)
         log_pz = Normal(0.0, 1.0).log_prob(inf.z).sum(-1)  # (K, N)
         log_qz = inf.qz.log_prob(inf.z).sum(-1)  # (K, N)

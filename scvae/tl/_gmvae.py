@@ -26,6 +26,9 @@ def gmvae(
     likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
     layer: str | None = None,
     batch_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+    encode_covariates: bool = False,
     n_latent: int = 10,
     n_hidden: int = 128,
     n_layers: int = 1,
@@ -71,6 +74,8 @@ def gmvae(
         The mixture and the observation model, as in :class:`scvae.GMVAE`.
     layer, batch_key, n_latent, n_hidden, n_layers, dropout_rate, dispersion, library
         Model options, as in :class:`scvae.GMVAE`.
+    categorical_covariate_keys, continuous_covariate_keys, encode_covariates
+        Covariates beyond the batch, as in :class:`scvae.GMVAE`.
     max_epochs, batch_size, lr, weight_decay, train_size, early_stopping, patience
         Fit options, as in :meth:`scvae.GMVAE.fit`.
     n_steps_kl_warmup, seed, accelerator, devices, progress_bar, checkpoint_dir
@@ -109,6 +114,9 @@ def gmvae(
         likelihood=likelihood,
         layer=layer,
         batch_key=batch_key,
+        categorical_covariate_keys=categorical_covariate_keys,
+        continuous_covariate_keys=continuous_covariate_keys,
+        encode_covariates=encode_covariates,
         n_latent=n_latent,
         n_hidden=n_hidden,
         n_layers=n_layers,

@@ -118,6 +118,9 @@ def _make_tool(model_class: type[VAEModel]):
         *,
         layer: str | None = None,
         batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        encode_covariates: bool = False,
         n_latent: int = 10,
         n_hidden: int = 128,
         n_layers: int = 1,
@@ -150,6 +153,9 @@ def _make_tool(model_class: type[VAEModel]):
             model_kwargs={
                 "layer": layer,
                 "batch_key": batch_key,
+                "categorical_covariate_keys": categorical_covariate_keys,
+                "continuous_covariate_keys": continuous_covariate_keys,
+                "encode_covariates": encode_covariates,
                 "n_latent": n_latent,
                 "n_hidden": n_hidden,
                 "n_layers": n_layers,
@@ -179,7 +185,8 @@ def _make_tool(model_class: type[VAEModel]):
     tool.__doc__ = _doc(
         model_class.__name__,
         model_class.default_key,
-        "layer, batch_key, n_latent, n_hidden, n_layers, dropout_rate, dispersion, library",
+        "layer, batch_key, categorical_covariate_keys, continuous_covariate_keys, "
+        "encode_covariates, n_latent, n_hidden, n_layers, dropout_rate, dispersion, library",
     )
     return tool
 
@@ -194,6 +201,9 @@ def gaussianvae(
     *,
     layer: str | None = None,
     batch_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+    encode_covariates: bool = False,
     log_normalize: bool = True,
     n_latent: int = 10,
     n_hidden: int = 128,
@@ -225,6 +235,9 @@ def gaussianvae(
         model_kwargs={
             "layer": layer,
             "batch_key": batch_key,
+            "categorical_covariate_keys": categorical_covariate_keys,
+            "continuous_covariate_keys": continuous_covariate_keys,
+            "encode_covariates": encode_covariates,
             "log_normalize": log_normalize,
             "n_latent": n_latent,
             "n_hidden": n_hidden,
@@ -252,5 +265,6 @@ def gaussianvae(
 gaussianvae.__doc__ = _doc(
     "GaussianVAE",
     "gaussianvae",
-    "layer, batch_key, log_normalize, n_latent, n_hidden, n_layers, dropout_rate",
+    "layer, batch_key, categorical_covariate_keys, continuous_covariate_keys, encode_covariates, "
+    "log_normalize, n_latent, n_hidden, n_layers, dropout_rate",
 )
