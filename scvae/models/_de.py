@@ -47,40 +47,122 @@ from anndata import AnnData
 from scvae import checks
 from scvae.data import CellData, _obs_labels
 from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
+from scvae.models._shrinkage import shrink
 from scvae.models._vae_queries import _seeded
 
-__all__ = ["MIN_CELLS_PER_GROUP", "DEResult", "DifferentialExpression", "estimate_delta"]
+__all__ = ["MIN_CELLS_PER_GROUP", "DifferentialExpression", "GroupDraws", "estimate_delta"]
 
 #: the fewest cells a compared group may have (the mean of fewer is left to chance)
 MIN_CELLS_PER_GROUP = 5
 #: elements of one (J, B, G) block of decoded proportions (bounds memory; as scoring)
 _BLOCK_BUDGET = 2**23
+#: counts added to every gene of a pooled group (a gene never seen gets a finite, shrunk LFC)
+_PSEUDOCOUNT = 0.5
 #: floor of ``p`` and ``1 - p`` in the log Bayes factor (as scvi-tools)
 _EPS = 1e-8
 REST = "rest"
 
 
 @dataclass
-class DEResult:
-    """Draws of the group means of the proportions, for every atom group: (K, A, G) each.
+class GroupDraws:
+    """Bootstrap draws of each atom group's pooled, batch-corrected counts, and model means.
 
-    ``sums[k, a]`` is ``sum_n w_kn rho_kn`` over the cells of atom ``a`` and ``weights[k, a]``
-    ``sum_n w_kn``; a group made of several atoms (the rest) sums their rows.
+    An *atom* is one label of ``groupby``; a compared group is a union of atoms (the rest is
+    all atoms but one), so one pass over the cells serves every comparison.
+
+    Attributes
+    ----------
+    counts
+        (K, A, G) ``sum_n w_kn c_kng x_ng`` over the cells of each atom: corrected counts
+        weighted by the bootstrap weights of draw ``k``.
+    totals
+        (K, A) ``sum_n w_kn sum_g c_kng x_ng``: the corrected library sizes, likewise.
+    scale_sums
+        (A, G) ``sum_n E_q[rho_n]``: the model's denoised proportions (batch-averaged).
+    log_sums
+        (A, G) ``sum_n E_q[log1p(1e4 rho_n)]``.
+    n_cells
+        (A,) cells of each atom.
     """
 
-    sums: torch.Tensor  # (K, A, G) float64
-    weights: torch.Tensor  # (K, A) float64
-    log_sums: torch.Tensor  # (A, G) float64: sum over cells of E_q[log1p(1e4 rho)]
-    n_cells: torch.Tensor  # (A,) cells of each atom
+    counts: torch.Tensor
+    totals: torch.Tensor
+    scale_sums: torch.Tensor
+    log_sums: torch.Tensor
+    n_cells: torch.Tensor
 
-    def group_mean(self, atoms: Sequence[int]) -> torch.Tensor:
-        """Draws of the mean proportions over the union of ``atoms``: (K, G)."""
+    @classmethod
+    def zeros(cls, n_samples: int, n_atoms: int, n_genes: int) -> GroupDraws:
+        """Empty accumulators (float64, on the CPU)."""
+        f64 = torch.float64
+        return cls(
+            counts=torch.zeros(n_samples, n_atoms, n_genes, dtype=f64),
+            totals=torch.zeros(n_samples, n_atoms, dtype=f64),
+            scale_sums=torch.zeros(n_atoms, n_genes, dtype=f64),
+            log_sums=torch.zeros(n_atoms, n_genes, dtype=f64),
+            n_cells=torch.zeros(n_atoms, dtype=f64),
+        )
+
+    def add_model_means(self, rho: torch.Tensor, atom: torch.Tensor) -> None:
+        """Accumulate draws ``rho`` (J, B, G) of the denoised proportions of cells in ``atom``."""
+        self.scale_sums.index_add_(0, atom, rho.mean(0).double())
+        self.log_sums.index_add_(0, atom, torch.log1p(1e4 * rho).mean(0).double())
+        self.n_cells.index_add_(0, atom, torch.ones(len(atom), dtype=torch.float64))
+
+    def add_bootstrap(
+        self,
+        corrected: torch.Tensor,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        atom: torch.Tensor,
+        *,
+        generator: torch.Generator,
+    ) -> None:
+        """Accumulate every bootstrap draw for one chunk of ``B`` cells.
+
+        ``corrected`` (J', nnz) holds ``J'`` draws of the corrected non-zero counts at rows
+        ``row`` (cell in the chunk) and columns ``col``; each bootstrap draw takes one of them
+        per cell and a weight ``w ~ Exp(1)`` per cell (normalized, Dirichlet weights).
+        """
+        n_samples, n_atoms, n_genes = self.counts.shape
+        n_draws, nnz = corrected.shape
+        n_cells = len(atom)
+        library = torch.zeros(n_draws, n_cells, dtype=torch.float64).index_add_(1, row, corrected)
+        target = atom[row] * n_genes + col  # (nnz,) flat (atom, gene) of each non-zero
+        k_block = max(1, min(n_samples, _BLOCK_BUDGET // max(nnz, n_atoms * n_genes, 1)))
+        cell = torch.arange(n_cells)
+        for k0 in range(0, n_samples, k_block):
+            kb = min(k_block, n_samples - k0)
+            w = torch.empty(kb, n_cells, dtype=torch.float64).exponential_(generator=generator)
+            j = torch.randint(n_draws, (kb, n_cells), generator=generator)  # draw of each cell
+            picked = corrected.reshape(-1)[j[:, row] * nnz + torch.arange(nnz)]  # (kb, nnz)
+            block = torch.zeros(kb, n_atoms * n_genes, dtype=torch.float64)
+            block.index_add_(1, target, picked * w[:, row])
+            self.counts[k0 : k0 + kb] += block.view(kb, n_atoms, n_genes)
+            self.totals[k0 : k0 + kb].index_add_(1, atom, library[j, cell] * w)
+
+    def proportions(self, atoms: Sequence[int]) -> torch.Tensor:
+        """Draws of the pooled proportions of the union of ``atoms``: (K, G).
+
+        Half a count per gene is added (and ``G / 2`` to the total), so that a gene without a
+        count in a group has a finite, shrunk fold change.
+        """
         index = torch.as_tensor(list(atoms), dtype=torch.int64)
-        s = self.sums.index_select(1, index).sum(1)  # (K, G)
-        w = self.weights.index_select(1, index).sum(1, keepdim=True)  # (K, 1)
-        return s / w
+        counts = self.counts.index_select(1, index).sum(1) + _PSEUDOCOUNT  # (K, G)
+        totals = self.totals.index_select(1, index).sum(1, keepdim=True)  # (K, 1)
+        return counts / (totals + _PSEUDOCOUNT * counts.shape[-1])
 
-    def group_log_mean(self, atoms: Sequence[int]) -> torch.Tensor:
+    def pooled_counts(self, atoms: Sequence[int]) -> np.ndarray:
+        """Mean over the draws of the pooled corrected counts of ``atoms``: (G,)."""
+        index = torch.as_tensor(list(atoms), dtype=torch.int64)
+        return self.counts.index_select(1, index).sum(1).mean(0).numpy()
+
+    def scale(self, atoms: Sequence[int]) -> torch.Tensor:
+        """The model's mean denoised proportions over the cells of ``atoms``: (G,)."""
+        index = torch.as_tensor(list(atoms), dtype=torch.int64)
+        return self.scale_sums.index_select(0, index).sum(0) / self.n_cells[index].sum()
+
+    def log_mean(self, atoms: Sequence[int]) -> torch.Tensor:
         """Mean over the cells of ``atoms`` of ``E_q[log1p(1e4 rho)]``: (G,)."""
         index = torch.as_tensor(list(atoms), dtype=torch.int64)
         return self.log_sums.index_select(0, index).sum(0) / self.n_cells[index].sum()
@@ -203,7 +285,7 @@ class DifferentialExpression:
         for a, name in enumerate(atoms):
             atom_of_cell[labels == name] = a
         cells = np.flatnonzero(atom_of_cell >= 0)
-        draws = self._group_mean_draws(
+        draws = self._group_draws(
             module,
             data,
             cells,
@@ -217,17 +299,20 @@ class DifferentialExpression:
         )
         tables = []
         for name1, atoms1, name2, atoms2 in comparisons:
-            m1, m2 = draws.group_mean(atoms1), draws.group_mean(atoms2)  # (K, G) each
+            m1, m2 = draws.proportions(atoms1), draws.proportions(atoms2)  # (K, G) each
             table = _summarize(
                 (torch.log2(m1) - torch.log2(m2)).numpy(),
-                m1.mean(0).numpy(),
-                m2.mean(0).numpy(),
+                poisson_se(draws.pooled_counts(atoms1), draws.pooled_counts(atoms2)),
                 mode=mode,
                 delta=delta,
                 fdr_target=fdr_target,
             )
-            table["lognorm_mean1"] = draws.group_log_mean(atoms1).numpy()
-            table["lognorm_mean2"] = draws.group_log_mean(atoms2).numpy()
+            table["scale1"] = draws.scale(atoms1).numpy()
+            table["scale2"] = draws.scale(atoms2).numpy()
+            table["pooled_proportion1"] = m1.mean(0).numpy()
+            table["pooled_proportion2"] = m2.mean(0).numpy()
+            table["lognorm_mean1"] = draws.log_mean(atoms1).numpy()
+            table["lognorm_mean2"] = draws.log_mean(atoms2).numpy()
             raw1 = _raw_stats(data, np.isin(atom_of_cell, atoms1))
             raw2 = _raw_stats(data, np.isin(atom_of_cell, atoms2))
             for column in raw1:
@@ -281,7 +366,7 @@ class DifferentialExpression:
         return list(range(self.setup.n_batch))
 
     # ------------------------------------------------------------------------------ draws
-    def _group_mean_draws(
+    def _group_draws(
         self,
         module: Any,
         data: CellData,
@@ -294,44 +379,33 @@ class DifferentialExpression:
         n_draws_per_cell: int,
         batch_size: int | None,
         seed: int,
-    ) -> DEResult:
-        """``n_samples`` Bayesian-bootstrap draws of every atom's mean proportions."""
+    ) -> GroupDraws:
+        """``n_samples`` Bayesian-bootstrap draws of every atom's pooled corrected counts."""
         n_genes = self.setup.n_genes
         J = n_draws_per_cell
         if batch_size is None:
             batch_size = max(1, min(1024, _BLOCK_BUDGET // (J * n_genes)))
         batch_size = checks.positive_int("batch_size", batch_size)
         device = self.device
-        sums = torch.zeros(n_samples, n_atoms, n_genes, dtype=torch.float64)
-        weights = torch.zeros(n_samples, n_atoms, dtype=torch.float64)
-        log_sums = torch.zeros(n_atoms, n_genes, dtype=torch.float64, device=device)
+        draws = GroupDraws.zeros(n_samples, n_atoms, n_genes)
         generator = torch.Generator().manual_seed(seed)  # the bootstrap: on the CPU
-        k_block = max(1, min(n_samples, _BLOCK_BUDGET // (batch_size * n_genes)))
         with _seeded(seed, device):
             start = 0
             for batch in self._de_minibatches(data, cells, batch_size):
                 b = batch.n_cells
-                atom_b = torch.as_tensor(atom[start : start + b], device=device)
+                atom_b = torch.as_tensor(atom[start : start + b])
                 start += b
-                rho = _decoded_proportions(module, batch, J, decode_codes)  # (J, B, G)
-                rho_flat = rho.reshape(J * b, n_genes)
-                log_expr = torch.log1p(1e4 * rho).mean(0).double()  # (B, G) E_q[log1p(1e4 rho)]
-                log_sums.index_add_(0, atom_b, log_expr)
-                for k0 in range(0, n_samples, k_block):
-                    kb = min(k_block, n_samples - k0)
-                    w = torch.empty(kb, b, dtype=torch.float64).exponential_(generator=generator)
-                    j = torch.randint(J, (kb, b), generator=generator)
-                    rows = (j * b + torch.arange(b)).to(device)  # (kb, B) draw of each cell
-                    picked = rho_flat[rows.reshape(-1)].reshape(kb, b, n_genes)  # (kb, B, G)
-                    weighted = picked.double() * w.to(device).unsqueeze(-1)  # (kb, B, G)
-                    block = torch.zeros(kb, n_atoms, n_genes, dtype=torch.float64, device=device)
-                    block.index_add_(1, atom_b, weighted)
-                    sums[k0 : k0 + kb] += block.cpu()
-                    wsum = torch.zeros(kb, n_atoms, dtype=torch.float64)
-                    wsum.index_add_(1, atom_b.cpu(), w)
-                    weights[k0 : k0 + kb] += wsum
-        n_cells = torch.bincount(torch.as_tensor(atom), minlength=n_atoms).double()
-        return DEResult(sums=sums, weights=weights, log_sums=log_sums.cpu(), n_cells=n_cells)
+                rho, factor = _decoded(module, batch, J, decode_codes)  # (J, B, G), (J', nnz)
+                draws.add_model_means(rho.cpu(), atom_b)
+                corrected = batch.nz.x.unsqueeze(0) * factor  # (J', nnz) counts x c
+                draws.add_bootstrap(
+                    corrected.cpu().double(),
+                    batch.nz.row.cpu(),
+                    batch.nz.col.cpu(),
+                    atom_b,
+                    generator=generator,
+                )
+        return draws
 
     def _de_minibatches(
         self, data: CellData, cells: np.ndarray, batch_size: int
@@ -346,22 +420,44 @@ class DifferentialExpression:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _decoded_proportions(
+def _decoded(
     module: Any, batch: Minibatch, n_draws: int, decode_codes: list[int]
-) -> torch.Tensor:
-    """``rho(z_j, s)`` for ``n_draws`` draws ``z_j ~ q(z | x)``, averaged over the batches
-    ``decode_codes`` (or under each cell's own batch when empty): (J, B, G) float32."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoised proportions and batch-correction factors of a chunk, for ``n_draws`` draws.
+
+    For ``z_j ~ q(z | x)``: ``rho(z_j, s)`` averaged over the batches ``decode_codes`` (each
+    cell's own batch when empty), (J, B, G); and at the non-zero counts the factors
+    ``c = mean_s mu(z_j, s) / mu(z_j, s_n)`` of the expected counts (zero inflation included),
+    (J, nnz), or ones (1, nnz) without correction.
+    """
     qz, _ = module.encode(batch)
     z = qz.sample((n_draws,))  # (J, B, L)
+    own = batch.batch_index
+    observation = module.observation
+    zero_library = torch.zeros(n_draws, batch.n_cells, 1, device=z.device)
+
+    def decode(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _decode(module, z, codes, batch)
+        px = observation.from_decoder(out, zero_library, codes, module.observation_parameter)
+        return observation.normalized(out, 1.0), px.mean  # (J, B, G) each
+
+    nz = batch.nz
     if not decode_codes:
-        return module.denoised(z, batch.batch_index, library_size=1.0)
-    total = None
+        rho, _ = decode(own)
+        return rho, torch.ones(1, len(nz.x), device=z.device)
+    rho, mu = None, None
     for code in decode_codes:
-        rho = module.denoised(
-            z, batch.batch_index.new_full((batch.n_cells,), code), library_size=1.0
-        )
-        total = rho if total is None else total + rho
-    return total / len(decode_codes)
+        r, m = decode(own.new_full((batch.n_cells,), code))
+        rho, mu = (r, m) if rho is None else (rho + r, mu + m)
+    rho, mu = rho / len(decode_codes), mu / len(decode_codes)
+    _, mu_own = decode(own)
+    factor = (mu / mu_own)[:, nz.row, nz.col]  # (J, nnz)
+    return rho, factor
+
+
+def _decode(module: Any, z: torch.Tensor, codes: torch.Tensor, batch: Minibatch) -> Any:
+    """The decoder's output for ``z`` under batches ``codes`` (and the cells' covariates)."""
+    return module.decode(z, codes, batch.covariates)
 
 
 def _group_labels(adata: AnnData, groupby: str) -> np.ndarray:
@@ -429,47 +525,60 @@ def _comparisons(
 
 def _summarize(
     lfc: np.ndarray,
-    scale1: np.ndarray,
-    scale2: np.ndarray,
+    se_floor: np.ndarray,
     *,
     mode: str,
     delta: float | None,
     fdr_target: float,
 ) -> pd.DataFrame:
-    """The per-gene table of one comparison from draws of LFC (K, G)."""
-    lfc_mean = lfc.mean(0)
+    """The per-gene table of one comparison from bootstrap draws of LFC (K, G).
+
+    The draws give each gene's estimate and standard error (at least ``se_floor``); the
+    posterior used for the probabilities and the reported LFC is that under the prior fitted
+    to all the genes (:mod:`scvae.models._shrinkage`).
+    """
+    b, s = lfc.mean(0), np.maximum(lfc.std(0, ddof=1), se_floor)
     if delta is None:
-        delta = estimate_delta(lfc_mean)
+        delta = estimate_delta(b)
+    post = shrink(b, s)
     table = {}
     if mode == "change":
-        proba_de = (np.abs(lfc) > delta).mean(0)
-    else:
-        proba_m1 = (lfc > 0).mean(0)
-        table["proba_m1"] = proba_m1
-        table["proba_m2"] = 1.0 - proba_m1
-        proba_de = np.maximum(proba_m1, 1.0 - proba_m1)
-    if mode == "change":
+        proba_de = np.clip(post.proba_beyond(delta), 0.0, 1.0)  # sums of tails: round-off
         bayes_factor = np.log(proba_de + _EPS) - np.log(1.0 - proba_de + _EPS)
     else:
-        bayes_factor = np.log(table["proba_m1"] + _EPS) - np.log(table["proba_m2"] + _EPS)
+        proba_m1 = np.clip(post.proba_positive(), 0.0, 1.0)
+        proba_m2 = np.clip(post.proba_negative(), 0.0, 1.0)
+        table = {"proba_m1": proba_m1, "proba_m2": 1.0 - proba_m1}
+        proba_de = np.maximum(proba_m1, proba_m2)  # 1 - the local false sign rate
+        bayes_factor = np.log(proba_m1 + _EPS) - np.log(1.0 - proba_m1 + _EPS)
     out = pd.DataFrame(
         {
             "proba_de": proba_de,
             "proba_not_de": 1.0 - proba_de,
             "bayes_factor": bayes_factor,
             **table,
-            "lfc_mean": lfc_mean,
-            "lfc_median": np.median(lfc, 0),
-            "lfc_std": lfc.std(0, ddof=1),
-            "lfc_min": lfc.min(0),
-            "lfc_max": lfc.max(0),
-            "scale1": scale1,
-            "scale2": scale2,
+            "lfc_mean": post.mean(),
+            "lfc_median": post.median(),
+            "lfc_std": post.std(),
+            "lfc_raw_mean": b,
+            "lfc_raw_std": s,
         }
     )
     out[f"is_de_fdr_{fdr_target:g}"] = fdr_calls(proba_de, fdr_target)
     out["delta"] = delta if mode == "change" else np.nan
     return out
+
+
+def poisson_se(counts1: np.ndarray, counts2: np.ndarray) -> np.ndarray:
+    """Poisson standard error of ``log2`` of the ratio of two pooled counts (with the
+    pseudocount): ``sqrt(1 / (c1 + 0.5) + 1 / (c2 + 0.5)) / ln 2``.
+
+    The bootstrap over cells cannot see the noise of counts that did not happen: a gene seen
+    in five cells of one group and none of the other has a bootstrap standard error near 0.
+    Its standard error is at least that of the counts themselves.
+    """
+    c1, c2 = counts1 + _PSEUDOCOUNT, counts2 + _PSEUDOCOUNT
+    return np.sqrt(1.0 / c1 + 1.0 / c2) / np.log(2.0)
 
 
 def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
