@@ -280,3 +280,18 @@ def test_covariate_models_compare_groups(sim) -> None:
     model.fit(max_epochs=2, progress_bar=False)
     df = model.differential_expression(groupby="cluster", group1="0", **FAST)
     assert len(df) == sim.n_vars and df["proba_de"].between(0, 1).all()
+
+
+def test_auc_is_the_mann_whitney_statistic_of_log_normalized_counts(sim) -> None:
+    """Without batches nothing is corrected: ``auc`` is U / (n1 n2) of log1p(CP10k)."""
+    from scipy.stats import mannwhitneyu
+
+    model = scvae.ZINBVAE(sim, n_latent=2, n_hidden=16)
+    model.fit(max_epochs=1, progress_bar=False)
+    df = model.differential_expression(groupby="cluster", group1="0", **FAST).loc[sim.var_names]
+    x = sim.X.toarray()
+    lognorm = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
+    in0 = (sim.obs["cluster"] == "0").to_numpy()
+    for g in range(0, sim.n_vars, 7):
+        u = mannwhitneyu(lognorm[in0, g], lognorm[~in0, g]).statistic
+        assert df["auc"].iloc[g] == pytest.approx(u / (in0.sum() * (~in0).sum()), abs=1e-6)

@@ -35,7 +35,7 @@ a finite sample of cells and of the posterior of each cell.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from scipy.stats import rankdata
 
 from scvae import checks
 from scvae.data import CellData, _obs_labels
@@ -79,8 +80,10 @@ class GroupDraws:
         (K, A) ``sum_n w_kn sum_g c_kng x_ng``: the corrected library sizes, likewise.
     scale_sums
         (A, G) ``sum_n E_q[rho_n]``: the model's denoised proportions (batch-averaged).
-    log_sums
-        (A, G) ``sum_n E_q[log1p(1e4 rho_n)]``.
+    rank_sums
+        (A, G) sum over the cells of each atom of the rank of ``log1p(1e4 x~_ng / l~_n)``
+        (the batch-corrected, log-normalized counts ``x~``, posterior mean factors) among
+        all compared cells, ties at their mean rank; filled by :meth:`rank_cells`.
     n_cells
         (A,) cells of each atom.
     """
@@ -88,8 +91,9 @@ class GroupDraws:
     counts: torch.Tensor
     totals: torch.Tensor
     scale_sums: torch.Tensor
-    log_sums: torch.Tensor
+    rank_sums: np.ndarray
     n_cells: torch.Tensor
+    _entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @classmethod
     def zeros(cls, n_samples: int, n_atoms: int, n_genes: int) -> GroupDraws:
@@ -99,14 +103,13 @@ class GroupDraws:
             counts=torch.zeros(n_samples, n_atoms, n_genes, dtype=f64),
             totals=torch.zeros(n_samples, n_atoms, dtype=f64),
             scale_sums=torch.zeros(n_atoms, n_genes, dtype=f64),
-            log_sums=torch.zeros(n_atoms, n_genes, dtype=f64),
+            rank_sums=np.zeros((n_atoms, n_genes)),
             n_cells=torch.zeros(n_atoms, dtype=f64),
         )
 
     def add_model_means(self, rho: torch.Tensor, atom: torch.Tensor) -> None:
         """Accumulate draws ``rho`` (J, B, G) of the denoised proportions of cells in ``atom``."""
         self.scale_sums.index_add_(0, atom, rho.mean(0).double())
-        self.log_sums.index_add_(0, atom, torch.log1p(1e4 * rho).mean(0).double())
         self.n_cells.index_add_(0, atom, torch.ones(len(atom), dtype=torch.float64))
 
     def add_bootstrap(
@@ -162,10 +165,54 @@ class GroupDraws:
         index = torch.as_tensor(list(atoms), dtype=torch.int64)
         return self.scale_sums.index_select(0, index).sum(0) / self.n_cells[index].sum()
 
-    def log_mean(self, atoms: Sequence[int]) -> torch.Tensor:
-        """Mean over the cells of ``atoms`` of ``E_q[log1p(1e4 rho)]``: (G,)."""
-        index = torch.as_tensor(list(atoms), dtype=torch.int64)
-        return self.log_sums.index_select(0, index).sum(0) / self.n_cells[index].sum()
+    def add_corrected(
+        self, corrected: torch.Tensor, row: torch.Tensor, col: torch.Tensor, atom: torch.Tensor
+    ) -> None:
+        """Keep the log-normalized corrected non-zeros of one chunk (for :meth:`rank_cells`).
+
+        ``corrected`` (nnz,) are the counts times their posterior mean correction factors.
+        """
+        library = torch.zeros(len(atom), dtype=corrected.dtype).index_add_(0, row, corrected)
+        value = torch.log1p(1e4 * corrected / library[row])  # (nnz,) > 0
+        self._entries.append(
+            (
+                atom[row].numpy().astype(np.int32),
+                col.numpy().astype(np.int32),
+                value.float().numpy(),
+            )
+        )
+
+    def rank_cells(self) -> None:
+        """Rank every gene's corrected expression among the compared cells (zeros tied at the
+        bottom) and sum the ranks by atom into :attr:`rank_sums`."""
+        n_atoms, n_genes = self.rank_sums.shape
+        n = float(self.n_cells.sum())
+        atom, col, value = (np.concatenate(parts) for parts in zip(*self._entries, strict=True))
+        self._entries = []
+        order = np.lexsort((value, col))  # by gene, then value
+        col, atom, value = col[order], atom[order], value[order]
+        starts = np.searchsorted(col, np.arange(n_genes + 1))
+        ranks = np.empty(len(value))
+        for g in range(n_genes):
+            lo, hi = starts[g], starts[g + 1]
+            n_zero = n - (hi - lo)
+            ranks[lo:hi] = rankdata(value[lo:hi]) + n_zero  # the zeros rank 1 .. n_zero
+        zero_rank = (n - np.diff(starts) + 1) / 2  # (G,) mean rank of the tied zeros
+        nonzero = np.zeros((n_atoms, n_genes))
+        np.add.at(nonzero, (atom, col), 1.0)
+        np.add.at(self.rank_sums, (atom, col), ranks)
+        self.rank_sums += (self.n_cells.numpy()[:, None] - nonzero) * zero_rank[None, :]
+
+    def superiority(self, atoms1: Sequence[int], atoms2: Sequence[int]) -> np.ndarray:
+        """``P(X1 > X2) + P(X1 = X2) / 2`` per gene for random cells of the two groups (the
+        Mann-Whitney AUC of the corrected log-normalized counts): (G,).
+
+        Needs the two groups to hold every ranked cell (true of every comparison made).
+        """
+        n1 = float(self.n_cells[list(atoms1)].sum())
+        n2 = float(self.n_cells[list(atoms2)].sum())
+        r1 = self.rank_sums[list(atoms1)].sum(0)
+        return (r1 - n1 * (n1 + 1) / 2) / (n1 * n2)
 
 
 class DifferentialExpression:
@@ -246,10 +293,10 @@ class DifferentialExpression:
             ``lfc_std``, ``lfc_min``, ``lfc_max``, ``scale1``, ``scale2`` (posterior mean of
             the groups' mean proportions), ``raw_mean1``, ``raw_mean2`` (mean counts),
             ``non_zeros_proportion1``, ``non_zeros_proportion2``, ``raw_normalized_mean1``,
-            ``raw_normalized_mean2`` (mean counts per 10k), ``lognorm_mean1``,
-            ``lognorm_mean2`` (mean over the cells of ``log1p`` of the denoised expression per
-            10k, the scale of ``sc.pp.log1p``; their difference ranks marker genes in
-            :func:`scvae.tl.rank_genes_groups`), ``is_de_fdr_<fdr_target>``,
+            ``raw_normalized_mean2`` (mean counts per 10k), ``auc`` (the probability that a
+            random cell of group 1 expresses the gene more than one of group 2, in batch-
+            corrected log-normalized counts: the Mann-Whitney statistic, which ranks marker
+            genes in :func:`scvae.tl.rank_genes_groups`), ``is_de_fdr_<fdr_target>``,
             ``delta``; vanilla adds ``proba_m1`` and ``proba_m2``. With ``group1=None`` the
             tables of every group against the rest are stacked, with columns ``group1``,
             ``group2`` and ``comparison`` (``"B vs rest"``).
@@ -311,8 +358,7 @@ class DifferentialExpression:
             table["scale2"] = draws.scale(atoms2).numpy()
             table["pooled_proportion1"] = m1.mean(0).numpy()
             table["pooled_proportion2"] = m2.mean(0).numpy()
-            table["lognorm_mean1"] = draws.log_mean(atoms1).numpy()
-            table["lognorm_mean2"] = draws.log_mean(atoms2).numpy()
+            table["auc"] = draws.superiority(atoms1, atoms2)
             raw1 = _raw_stats(data, np.isin(atom_of_cell, atoms1))
             raw2 = _raw_stats(data, np.isin(atom_of_cell, atoms2))
             for column in raw1:
@@ -398,13 +444,11 @@ class DifferentialExpression:
                 rho, factor = _decoded(module, batch, J, decode_codes)  # (J, B, G), (J', nnz)
                 draws.add_model_means(rho.cpu(), atom_b)
                 corrected = batch.nz.x.unsqueeze(0) * factor  # (J', nnz) counts x c
-                draws.add_bootstrap(
-                    corrected.cpu().double(),
-                    batch.nz.row.cpu(),
-                    batch.nz.col.cpu(),
-                    atom_b,
-                    generator=generator,
-                )
+                row, col = batch.nz.row.cpu(), batch.nz.col.cpu()
+                corrected = corrected.cpu().double()
+                draws.add_bootstrap(corrected, row, col, atom_b, generator=generator)
+                draws.add_corrected(corrected.mean(0), row, col, atom_b)
+        draws.rank_cells()
         return draws
 
     def _de_minibatches(

@@ -44,11 +44,13 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
     ordered by ``scores``, best marker (most up-regulated) first. The fields:
 
     * ``names``: gene names in rank order; a record array with one field per group;
-    * ``scores``: ``lognorm_mean1 - lognorm_mean2``, the difference of the groups' mean
-      ``log1p`` denoised (and batch-corrected) expression per 10k: the scale of
-      ``sc.pp.log1p`` data, natural log. It ranks markers as scanpy's tests do, by how much
-      higher the gene is in most cells of the group, where the LFC of the means favours
-      genes driven by a few highly expressing cells of the rest;
+    * ``scores``: ``auc``, the probability that a random cell of the group expresses the gene
+      more than a random cell of the reference (ties count half), in batch-corrected
+      log-normalized counts (``log1p`` of counts per 10k, each count times the model's
+      correction factor to the average batch). This is the Mann-Whitney statistic of
+      scanpy's ``method="wilcoxon"``: on data of one batch the genes come in the same order
+      as there. It ranks markers by how consistently the group is above the rest, where the
+      LFC of the means favours genes driven by a few highly expressing cells;
     * ``logfoldchanges``: ``lfc_mean``, the posterior mean log2 fold change of the groups'
       mean expression;
     * ``pvals``: ``proba_not_de``, the posterior probability that the gene does *not*
@@ -156,7 +158,7 @@ def _scanpy_structure(
     pts, pts_rest = {}, {}
     for table in per_group.values():
         genes = table.index.to_numpy()
-        score = (table["lognorm_mean1"] - table["lognorm_mean2"]).to_numpy()
+        score = table["auc"].to_numpy()
         q = posterior_fdr(table["proba_de"].to_numpy())
         order = np.argsort(-score, kind="stable")[:n_genes]
         fields["names"].append(genes[order].astype(object))
