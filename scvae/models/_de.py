@@ -34,7 +34,7 @@ a finite sample of cells and of the posterior of each cell.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -132,15 +132,17 @@ class GroupDraws:
         n_cells = len(atom)
         library = torch.zeros(n_draws, n_cells, dtype=torch.float64).index_add_(1, row, corrected)
         target = atom[row] * n_genes + col  # (nnz,) flat (atom, gene) of each non-zero
+        values = corrected.reshape(-1).float()
         k_block = max(1, min(n_samples, _BLOCK_BUDGET // max(nnz, n_atoms * n_genes, 1)))
         cell = torch.arange(n_cells)
         for k0 in range(0, n_samples, k_block):
             kb = min(k_block, n_samples - k0)
             w = torch.empty(kb, n_cells, dtype=torch.float64).exponential_(generator=generator)
             j = torch.randint(n_draws, (kb, n_cells), generator=generator)  # draw of each cell
-            picked = corrected.reshape(-1)[j[:, row] * nnz + torch.arange(nnz)]  # (kb, nnz)
-            block = torch.zeros(kb, n_atoms * n_genes, dtype=torch.float64)
-            block.index_add_(1, target, picked * w[:, row])
+            picked = values[j[:, row] * nnz + torch.arange(nnz)]  # (kb, nnz)
+            # one chunk's sums in float32 (at most B terms each), the totals in float64
+            block = torch.zeros(kb, n_atoms * n_genes)
+            block.index_add_(1, target, picked * w.float()[:, row])
             self.counts[k0 : k0 + kb] += block.view(kb, n_atoms, n_genes)
             self.totals[k0 : k0 + kb].index_add_(1, atom, library[j, cell] * w)
 
@@ -235,6 +237,7 @@ class DifferentialExpression:
         fdr_target: float = 0.05,
         batch_correction: bool = True,
         batches: Sequence[Any] | None = None,
+        transform_covariates: Mapping[str, Any] | None = None,
         n_samples: int = 200,
         n_draws_per_cell: int = 10,
         batch_size: int | None = None,
@@ -274,6 +277,11 @@ class DifferentialExpression:
         batches
             The batches to average over with ``batch_correction`` (labels as in
             ``obs[batch_key]``); None: every batch.
+        transform_covariates
+            For a model with covariates: compare the cells as if each had these values
+            (``{"donor": "d1", "percent_mito": 5.0}``, categories or numbers in the column's
+            units), correcting each cell's counts to them as to the average batch. None:
+            each cell keeps its own.
         n_samples
             Draws of the groups' mean expression (and so of each gene's LFC).
         n_draws_per_cell
@@ -324,6 +332,9 @@ class DifferentialExpression:
         n_draws_per_cell = checks.positive_int("n_draws_per_cell", n_draws_per_cell)
         batch_correction = checks.boolean("batch_correction", batch_correction)
         decode_codes = self._decode_batches(batch_correction, batches)
+        if transform_covariates is not None:
+            self._covariate_values(transform_covariates)  # validated before any work
+            transform_covariates = transform_covariates or None
 
         adata, data = self._de_cells(adata)
         labels = _group_labels(adata, groupby)
@@ -343,6 +354,7 @@ class DifferentialExpression:
             n_draws_per_cell=n_draws_per_cell,
             batch_size=batch_size,
             seed=checks.resolve_seed(seed),
+            covariates=transform_covariates,
         )
         tables = []
         for name1, atoms1, name2, atoms2 in comparisons:
@@ -407,8 +419,8 @@ class DifferentialExpression:
             if not codes:
                 raise ValueError("batches= is empty; give batch labels, or None for all.")
             return codes
-        if not batch_correction:
-            return []
+        if not batch_correction or self.setup.n_batch == 1:
+            return []  # one batch: every cell is in it already, nothing to correct
         return list(range(self.setup.n_batch))
 
     # ------------------------------------------------------------------------------ draws
@@ -425,6 +437,7 @@ class DifferentialExpression:
         n_draws_per_cell: int,
         batch_size: int | None,
         seed: int,
+        covariates: Mapping[str, Any] | None = None,
     ) -> GroupDraws:
         """``n_samples`` Bayesian-bootstrap draws of every atom's pooled corrected counts."""
         n_genes = self.setup.n_genes
@@ -441,7 +454,8 @@ class DifferentialExpression:
                 b = batch.n_cells
                 atom_b = torch.as_tensor(atom[start : start + b])
                 start += b
-                rho, factor = _decoded(module, batch, J, decode_codes)  # (J, B, G), (J', nnz)
+                target = None if covariates is None else self._decode_covariates(batch, covariates)
+                rho, factor = _decoded(module, batch, J, decode_codes, target)  # (J,B,G), (J',nnz)
                 draws.add_model_means(rho.cpu(), atom_b)
                 corrected = batch.nz.x.unsqueeze(0) * factor  # (J', nnz) counts x c
                 row, col = batch.nz.row.cpu(), batch.nz.col.cpu()
@@ -465,14 +479,19 @@ class DifferentialExpression:
 
 # ------------------------------------------------------------------------------ helpers
 def _decoded(
-    module: Any, batch: Minibatch, n_draws: int, decode_codes: list[int]
+    module: Any,
+    batch: Minibatch,
+    n_draws: int,
+    decode_codes: list[int],
+    target_covariates: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Denoised proportions and batch-correction factors of a chunk, for ``n_draws`` draws.
+    """Denoised proportions and correction factors of a chunk, for ``n_draws`` draws.
 
-    For ``z_j ~ q(z | x)``: ``rho(z_j, s)`` averaged over the batches ``decode_codes`` (each
-    cell's own batch when empty), (J, B, G); and at the non-zero counts the factors
-    ``c = mean_s mu(z_j, s) / mu(z_j, s_n)`` of the expected counts (zero inflation included),
-    (J, nnz), or ones (1, nnz) without correction.
+    For ``z_j ~ q(z | x)``: ``rho(z_j, s, c*)`` averaged over the batches ``decode_codes``
+    (each cell's own batch when empty) at the covariates ``c*`` (``target_covariates``, or
+    the cells' own), (J, B, G); and at the non-zero counts the factors
+    ``mean_s mu(z_j, s, c*) / mu(z_j, s_n, c_n)`` of the expected counts (zero inflation
+    included), (J, nnz), or ones (1, nnz) when nothing is corrected.
     """
     qz, _ = module.encode(batch)
     z = qz.sample((n_draws,))  # (J, B, L)
@@ -480,28 +499,26 @@ def _decoded(
     observation = module.observation
     zero_library = torch.zeros(n_draws, batch.n_cells, 1, device=z.device)
 
-    def decode(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = _decode(module, z, codes, batch)
+    def decode(codes: torch.Tensor, covariates: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = module.decode(z, codes, covariates)
         px = observation.from_decoder(out, zero_library, codes, module.observation_parameter)
         return observation.normalized(out, 1.0), px.mean  # (J, B, G) each
 
     nz = batch.nz
-    if not decode_codes:
-        rho, _ = decode(own)
+    if not decode_codes and target_covariates is None:
+        rho, _ = decode(own, batch.covariates)
         return rho, torch.ones(1, len(nz.x), device=z.device)
+    target = batch.covariates if target_covariates is None else target_covariates
     rho, mu = None, None
-    for code in decode_codes:
-        r, m = decode(own.new_full((batch.n_cells,), code))
+    for code in decode_codes or [None]:
+        codes = own if code is None else own.new_full((batch.n_cells,), code)
+        r, m = decode(codes, target)
         rho, mu = (r, m) if rho is None else (rho + r, mu + m)
-    rho, mu = rho / len(decode_codes), mu / len(decode_codes)
-    _, mu_own = decode(own)
+    n_codes = max(len(decode_codes), 1)
+    rho, mu = rho / n_codes, mu / n_codes
+    _, mu_own = decode(own, batch.covariates)
     factor = (mu / mu_own)[:, nz.row, nz.col]  # (J, nnz)
     return rho, factor
-
-
-def _decode(module: Any, z: torch.Tensor, codes: torch.Tensor, batch: Minibatch) -> Any:
-    """The decoder's output for ``z`` under batches ``codes`` (and the cells' covariates)."""
-    return module.decode(z, codes, batch.covariates)
 
 
 def _group_labels(adata: AnnData, groupby: str) -> np.ndarray:

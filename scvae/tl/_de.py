@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -14,6 +14,9 @@ from scvae.data import check_writable
 from scvae.models._de import REST, posterior_fdr
 
 __all__ = ["rank_genes_groups"]
+
+#: options written to ``params`` in their own form (labels as strings)
+_LISTED = ("batches", "transform_covariates")
 
 
 def rank_genes_groups(
@@ -29,11 +32,13 @@ def rank_genes_groups(
     fdr_target: float = 0.05,
     batch_correction: bool = True,
     batches: Sequence[Any] | None = None,
+    transform_covariates: Mapping[str, Any] | None = None,
     n_samples: int = 200,
     n_draws_per_cell: int = 10,
     key_added: str = "rank_genes_groups",
     seed: int = 0,
-) -> None:
+    copy: bool = False,
+) -> AnnData | None:
     """Rank genes of each group against the rest (or a reference) by the model's posterior.
 
     Runs :meth:`ZINBVAE.differential_expression <scvae.models._de.DifferentialExpression.\
@@ -81,12 +86,22 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
         ``"rest"`` (every other cell) or one group to compare each group with.
     n_genes
         Genes per group to store; None: every gene.
-    mode, delta, fdr_target, batch_correction, batches, n_samples, n_draws_per_cell, seed
+    mode, delta, fdr_target, batch_correction, batches, transform_covariates, n_samples, \
+n_draws_per_cell, seed
         As in ``differential_expression``.
     key_added
         ``uns`` key of the result.
+    copy
+        Write into a copy of ``adata`` and return it (works on a view) instead of in place.
+
+    Returns
+    -------
+    AnnData or None
+        The copy with the result when ``copy=True``, else None.
     """
-    check_writable(adata)
+    if checks.boolean("copy", copy):
+        adata = adata.copy()
+    check_writable(adata, copy_option=True)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
     if n_genes is not None:
@@ -97,6 +112,7 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
         "fdr_target": fdr_target,
         "batch_correction": batch_correction,
         "batches": batches,
+        "transform_covariates": transform_covariates,
         "n_samples": n_samples,
         "n_draws_per_cell": n_draws_per_cell,
         "seed": seed,
@@ -135,11 +151,17 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
             "use_raw": False,
             "layer": model.setup.layer,
             "corr_method": "posterior expected FDR",
-            **{k: v for k, v in options.items() if v is not None and k != "batches"},
+            **{k: v for k, v in options.items() if v is not None and k not in _LISTED},
             **({} if batches is None else {"batches": [str(b) for b in batches]}),
+            **(
+                {}
+                if not transform_covariates
+                else {"transform_covariates": {str(k): v for k, v in transform_covariates.items()}}
+            ),
             "model": type(model).__name__,
         },
     )
+    return adata if copy else None
 
 
 def _group_names(adata: AnnData, groupby: str) -> list[str]:
