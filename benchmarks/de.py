@@ -614,11 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     source, scvae_commit = use_committed_scvae(args.scvae_commit)
     print(f"scvae from {source} (commit {scvae_commit[:10]})", flush=True)
     parts = set(args.part)
-    previous = RESULTS_DIR / f"{args.name}.json"
     payload: dict[str, Any] = {}
-    if previous.exists():
-        old = read_result(previous)
-        payload = {k: old[k] for k in ("sim", "null", "markers", "time") if k in old}
     stamp = {
         "command": shlex.join(["python", "benchmarks/de.py", *argv]),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -664,6 +660,13 @@ def main(argv: list[str] | None = None) -> None:
         if "time" in parts:
             payload["time"] = {**stamp, **pbmc["time"]}
             print("time:", json.dumps(pbmc["time"]))
+    # merged into the previous result only now: another part may have finished meanwhile
+    previous = RESULTS_DIR / f"{args.name}.json"
+    if previous.exists():
+        old = read_result(previous)
+        merged = {k: old[k] for k in ("sim", "null", "markers", "time") if k in old}
+        null = {**merged.get("null", {}), **payload.get("null", {})}
+        payload = {**merged, **payload, **({"null": null} if null else {})}
     write_result(args.name, payload, script="de", argv=argv)
 
 

@@ -20,7 +20,9 @@ Job keys
     minibatches per epoch).
 ``tasks``
     A list of ``{"name", "groupby", "group1", "group2", "mode", "batch_correction",
-    "n_samples", "repeats", "keep"}``: ``group1`` null is every group against the rest;
+    "n_samples", "repeats", "keep", "delta", "kind"}``: ``group1`` null is every group against
+    the rest; ``delta`` absent is the tool's default, null has the tool estimate it; ``kind``
+    ``"rank"`` runs ``scvae.tl.rank_genes_groups`` instead (scvae only);
     ``n_samples`` null is the tool's default (scvi-tools: ``n_samples_overall``); each task runs
     ``repeats`` times (timed with ``time.perf_counter``); with ``keep`` the last table is
     written.
@@ -136,7 +138,7 @@ def run_task(tool: str, model, adata, task: dict[str, Any]):
         "mode": task.get("mode", "change"),
         "batch_correction": bool(task.get("batch_correction", True)),
     }
-    if task.get("delta") is not None:
+    if "delta" in task:  # null: the tool estimates it from the data
         kwargs["delta"] = task["delta"]
     if task.get("kind") == "rank":  # scvae.tl.rank_genes_groups: its ordering of every group
         return rank_table(model, adata, task)
