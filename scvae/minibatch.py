@@ -148,6 +148,11 @@ class CSRMinibatches:
         Also build the dense (B, G) counts of each minibatch. False yields ``None`` in their
         place, for a module that reads its input by the non-zeros (saves a (B, G) fill and
         scatter per step).
+    labels
+        (N,) int64 label codes of every cell of ``data`` (-1: unlabelled), sliced into
+        :attr:`Minibatch.labels`; None takes ``data.labels`` when ``data`` has that attribute
+        (the semi-supervised model's cells, :class:`~scvae.models._ssvae.LabelledCellData`),
+        else the minibatches have no labels (``labels=None``), as before.
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class CSRMinibatches:
         drop_last: bool = False,
         seed: int = 0,
         dense: bool = True,
+        labels: np.ndarray | None = None,
     ) -> None:
         X = data.X
         self.data = data  # the validated cells (shared, not copied)
@@ -172,6 +178,9 @@ class CSRMinibatches:
         self.categorical = _optional_tensor(data.categorical_covariates)  # (N, C) int64
         self.continuous = _optional_tensor(data.continuous_covariates)  # (N, D) float32
         self.log_x_factorial = torch.from_numpy(data.log_x_factorial)  # (N,) computed once
+        if labels is None:
+            labels = getattr(data, "labels", None)
+        self.labels = None if labels is None else _labels_tensor(labels, X.shape[0])  # (N,)
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (n,)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -185,7 +194,7 @@ class CSRMinibatches:
 
     _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
     #: stored only for a model with covariates beyond the batch (None otherwise)
-    _OPTIONAL_STORAGE = ("categorical", "continuous")
+    _OPTIONAL_STORAGE = ("categorical", "continuous", "labels")
 
     def _stored(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self._STORAGE + self._OPTIONAL_STORAGE:
@@ -237,7 +246,7 @@ class CSRMinibatches:
 
     def gather(self, rows: torch.Tensor) -> Minibatch:
         """The minibatch of the cells at ``rows``: dense counts (B, G) (None unless ``dense``),
-        batch codes (B,), the non-zeros and the covariates (None without)."""
+        batch codes (B,), the non-zeros, the labels and the covariates (None without)."""
         start = self.crow[rows]  # (B,)
         n_nz = self.crow[rows + 1] - start  # (B,)
         row_of_nz = torch.repeat_interleave(
@@ -261,7 +270,10 @@ class CSRMinibatches:
                 None if self.categorical is None else self.categorical[rows],
                 None if self.continuous is None else self.continuous[rows],
             )  # (B, C), (B, D)
-        return Minibatch(x=x, batch_index=self.batch_index[rows], nz=nz, covariates=covariates)
+        labels = None if self.labels is None else self.labels[rows]  # (B,)
+        return Minibatch(
+            x=x, batch_index=self.batch_index[rows], nz=nz, labels=labels, covariates=covariates
+        )
 
     def __iter__(self) -> Iterator[Minibatch]:
         order = self.indices
@@ -277,3 +289,14 @@ class CSRMinibatches:
 def _optional_tensor(array: np.ndarray | None) -> torch.Tensor | None:
     """A tensor sharing ``array``'s memory, or None."""
     return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _labels_tensor(labels: np.ndarray, n_cells: int) -> torch.Tensor:
+    """(N,) int64 label codes as a tensor, checked against the number of cells."""
+    codes = np.asarray(labels)
+    if codes.shape != (n_cells,) or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(
+            f"labels must be ({n_cells},) integer codes (-1: unlabelled), got shape "
+            f"{codes.shape} and dtype {codes.dtype}."
+        )
+    return torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))
