@@ -31,6 +31,7 @@ _MODELS = {
     "gaussian": "GaussianVAE",
     "ppca": "PPCA",
     "fa": "FactorAnalysis",
+    "ssvae": "SSVAE",
 }
 #: models fitted without the VAE training loop (closed form or EM)
 _NOT_VAE = ("ppca", "fa")
@@ -163,7 +164,21 @@ def _parser() -> argparse.ArgumentParser:
         default="zinb",
         help="zinb: ZINBVAE (default), nb: NBVAE, poisson: PoissonVAE, gaussian: GaussianVAE "
         "(on log-normalized counts), ppca: probabilistic PCA (closed form), "
-        "fa: factor analysis (EM)",
+        "fa: factor analysis (EM), ssvae: semi-supervised VAE (needs --labels-key; also "
+        "writes obs['ssvae'] and obsm['ssvae_proba'], the predicted labels)",
+    )
+    fit.add_argument(
+        "--labels-key",
+        default=None,
+        metavar="KEY",
+        help="--model ssvae: obs column of cell labels; cells with --unlabeled-category or a "
+        "missing value are unlabelled",
+    )
+    fit.add_argument(
+        "--unlabeled-category",
+        default=None,
+        metavar="LABEL",
+        help="--model ssvae: the label of unlabelled cells (default: Unknown)",
     )
     fit.add_argument(
         "--layer", default=None, metavar="NAME", help="layer with the raw counts (default: X)"
@@ -505,6 +520,15 @@ def _written(explicit: list[tuple[str, str]], before: set[str], after) -> str:
 
 
 def _fit(args: argparse.Namespace, mode: int) -> None:
+    if args.model == "ssvae" and args.labels_key is None:
+        raise CLIError("--model ssvae needs --labels-key (the obs column of cell labels)")
+    if args.model != "ssvae":
+        for dest, option in (
+            ("labels_key", "--labels-key"),
+            ("unlabeled_category", "--unlabeled-category"),
+        ):
+            if getattr(args, dest) is not None:
+                raise CLIError(f"{option} applies to --model ssvae only")
     if args.model in _NOT_VAE:
         how = "fitted in closed form" if args.model == "ppca" else "fitted by EM"
         for dest, option in _VAE_ONLY.items():
@@ -530,8 +554,14 @@ def _fit(args: argparse.Namespace, mode: int) -> None:
         model.fit(seed=args.seed, accelerator=accelerator)
     else:
         model_class = getattr(scvae, _MODELS[args.model])
+        labels = {}
+        if args.model == "ssvae":
+            labels = {"labels_key": args.labels_key}
+            if args.unlabeled_category is not None:
+                labels["unlabeled_category"] = args.unlabeled_category
         model = model_class(
             data,
+            **labels,
             layer=args.layer,
             batch_key=args.batch_key,
             categorical_covariate_keys=args.categorical_covariate_keys,
@@ -555,6 +585,15 @@ def _fit(args: argparse.Namespace, mode: int) -> None:
         result.obsm[obsm_key], result.uns[uns_key] = data.obsm[obsm_key], data.uns[uns_key]
     explicit = [(f"obsm['{obsm_key}']", f" ({adata.n_obs} x {args.n_latent})")]
     explicit.append((f"uns['{uns_key}']", ""))
+    if args.model == "ssvae":
+        model.write_labels(data, key_added=args.key_added)
+        key = args.key_added or model.default_key
+        if data is not adata:
+            result.obs[key] = data.obs[key]
+            result.obsm[f"{key}_proba"] = data.obsm[f"{key}_proba"]
+            result.uns[key] = data.uns[key]
+        n_labels = len(model.label_categories)
+        explicit += [(f"obs['{key}']", f" ({n_labels} labels)"), (f"obsm['{key}_proba']", "")]
     if data is not adata:
         result.var["highly_variable"] = hvg
         explicit.append(("var['highly_variable']", f" ({int(hvg.sum())} genes)"))

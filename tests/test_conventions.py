@@ -18,6 +18,7 @@ WRITERS = [
     "factor_analysis",
     "gmm",
     "gmvae",
+    "ssvae",
 ]
 VAE_TOOLS = {
     "zinbvae": scvae.ZINBVAE,
@@ -25,6 +26,7 @@ VAE_TOOLS = {
     "poissonvae": scvae.PoissonVAE,
     "gaussianvae": scvae.GaussianVAE,
     "gmvae": scvae.GMVAE,
+    "ssvae": scvae.SSVAE,
 }
 MODELS = [
     scvae.ZINBVAE,
@@ -35,9 +37,10 @@ MODELS = [
     scvae.FactorAnalysis,
     scvae.GMM,
     scvae.GMVAE,
+    scvae.SSVAE,
 ]
 #: options with a fixed set of values: annotated with Literal wherever they appear
-CHOICES = {"dispersion", "library", "covariance_type", "backend", "ddof"}
+CHOICES = {"dispersion", "library", "covariance_type", "backend", "ddof", "label_prior"}
 
 
 def _params(func) -> dict[str, inspect.Parameter]:

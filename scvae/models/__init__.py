@@ -10,6 +10,7 @@ module                  models
 ``_fa.py``              :class:`FactorAnalysis`
 ``_gmm.py``             :class:`GMM`
 ``_gmvae.py``           :class:`GMVAE` (mixture-prior VAE) and :class:`GMVAEConfig`
+``_ssvae.py``           :class:`SSVAE` (semi-supervised VAE) and :class:`SSVAEConfig`
 ``_io.py``              the one save/load path (:class:`~scvae.models._io.SavedModel`)
 ======================  ==============================================================
 """
@@ -20,6 +21,7 @@ from scvae.models._gmm import GMM
 from scvae.models._gmvae import GMVAE, GMVAEConfig
 from scvae.models._ppca import PPCA
 from scvae.models._scvi import NBVAE, ZINBVAE, PoissonVAE
+from scvae.models._ssvae import SSVAE, SSVAEConfig
 from scvae.models._vae import VAEModel
 from scvae.models._vae_config import VAEConfig
 
@@ -28,11 +30,13 @@ __all__ = [
     "GMVAE",
     "NBVAE",
     "PPCA",
+    "SSVAE",
     "ZINBVAE",
     "FactorAnalysis",
     "GMVAEConfig",
     "GaussianVAE",
     "PoissonVAE",
+    "SSVAEConfig",
     "VAEConfig",
     "VAEModel",
 ]

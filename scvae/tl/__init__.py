@@ -20,6 +20,7 @@ _FUNCTIONS = {
     "poissonvae": "scvae.tl._vae",
     "ppca": "scvae.tl._ppca",
     "rank_genes_groups": "scvae.tl._de",
+    "ssvae": "scvae.tl._ssvae",
     "zinbvae": "scvae.tl._vae",
 }
 
@@ -33,6 +34,7 @@ __all__ = [
     "poissonvae",
     "ppca",
     "rank_genes_groups",
+    "ssvae",
     "zinbvae",
 ]
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from scvae.tl._gmm import gmm
     from scvae.tl._gmvae import gmvae
     from scvae.tl._ppca import ppca
+    from scvae.tl._ssvae import ssvae
     from scvae.tl._vae import gaussianvae, nbvae, poissonvae, zinbvae
 
 
