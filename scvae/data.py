@@ -2,7 +2,10 @@
 
 Counts go through :func:`read_training_data` or :func:`read_query_data` (with the batch and
 any further covariates: categorical ``obs`` columns as codes, continuous ones standardized by
-the training mean and standard deviation, :class:`CovariateSetup`), embeddings through
+the training mean and standard deviation, :class:`CovariateSetup`) or, for a query mapped onto
+a reference (scArches), :func:`read_mapping_data` (genes aligned to the reference's by name,
+new batches and categories appended; :data:`MIN_GENE_OVERLAP`, :data:`WARN_GENE_OVERLAP`),
+embeddings through
 :func:`read_embedding`, ``obs`` columns through :func:`read_obs_column`. They only read: the
 AnnData is never modified, no column is added, and the count matrix is never densified as a
 whole (it becomes one canonical CSR copy in float32: no stored zeros, no duplicates, sorted
@@ -15,6 +18,7 @@ indices, so the representation of the input never changes a result). Writers cal
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,9 +31,12 @@ from anndata import AnnData
 from scipy.special import gammaln
 
 __all__ = [
+    "MIN_GENE_OVERLAP",
+    "WARN_GENE_OVERLAP",
     "CellData",
     "CovariateSetup",
     "DataSetup",
+    "GeneOverlap",
     "check_in_memory",
     "check_writable",
     "cluster_slots",
@@ -37,12 +44,21 @@ __all__ = [
     "library_log_prior",
     "log_normalize",
     "read_embedding",
+    "read_mapping_data",
     "read_obs_column",
     "read_query_data",
     "read_training_data",
 ]
 
 _MAX_LISTED = 10
+
+#: Mapping a query (``map_query``): the smallest fraction of the reference's genes the query
+#: must have; below it the mapping is refused (the missing genes would be read as zeros in
+#: most of the model's input and likelihood).
+MIN_GENE_OVERLAP = 0.5
+#: Below this fraction of the reference's genes present in the query, mapping warns (as
+#: scvi-tools' ``prepare_query_anndata`` does below 0.8).
+WARN_GENE_OVERLAP = 0.8
 
 
 def _listing(items: Sequence[object]) -> str:
@@ -887,9 +903,27 @@ def read_training_data(
 
 
 def read_query_data(
-    adata: AnnData, setup: DataSetup, *, counts: bool = True, nonnegative: bool = True
+    adata: AnnData,
+    setup: DataSetup,
+    *,
+    counts: bool = True,
+    nonnegative: bool = True,
+    align_genes: bool = False,
 ) -> CellData:
     """Validate new cells against what a model was trained on and read them.
+
+    Parameters
+    ----------
+    adata
+        The cells.
+    setup
+        What the model was trained on.
+    counts, nonnegative
+        As in :func:`read_training_data`.
+    align_genes
+        Align the genes to ``setup.var_names`` by name, as :func:`read_mapping_data` does
+        (a mapped model reads its query this way); by default the genes must be those of
+        training, in order.
 
     Raises
     ------
@@ -899,6 +933,12 @@ def read_query_data(
         Genes differ from training, unseen batch or covariate categories, or bad values
         (see :func:`read_training_data`).
     """
+    if align_genes:
+        check_in_memory(adata)
+        csr, _ = _aligned_counts(adata, setup)
+        where = "adata.X" if setup.layer is None else f"adata.layers[{setup.layer!r}]"
+        where += " (its genes aligned to the model's)"
+        return _query_cells(adata, setup, csr, where, counts=counts, nonnegative=nonnegative)
     if tuple(str(v) for v in adata.var_names) != setup.var_names:
         train = pd.Index(setup.var_names)
         query = pd.Index([str(v) for v in adata.var_names])
@@ -917,6 +957,19 @@ def read_query_data(
         )
     where = "adata.X" if setup.layer is None else f"adata.layers[{setup.layer!r}]"
     csr = _to_csr(_get_matrix(adata, setup.layer))
+    return _query_cells(adata, setup, csr, where, counts=counts, nonnegative=nonnegative)
+
+
+def _query_cells(
+    adata: AnnData,
+    setup: DataSetup,
+    csr: sp.csr_matrix,
+    where: str,
+    *,
+    counts: bool,
+    nonnegative: bool,
+) -> CellData:
+    """The :class:`CellData` of query cells whose counts (in the model's genes) are ``csr``."""
     _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
     totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
     if setup.batch_key is not None:
@@ -960,3 +1013,214 @@ def library_log_prior(
             mean[s] = in_s.mean()
             var[s] = max(in_s.var(), min_var)
     return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------ reference mapping
+@dataclass(frozen=True)
+class GeneOverlap:
+    """How a query's genes align to the reference's.
+
+    Attributes
+    ----------
+    n_reference
+        Genes of the reference.
+    n_present
+        Reference genes present in the query (the rest are read as zero counts).
+    n_extra
+        Query genes the reference does not have (dropped).
+    """
+
+    n_reference: int
+    n_present: int
+    n_extra: int
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the reference's genes present in the query."""
+        return self.n_present / self.n_reference
+
+    @property
+    def n_missing(self) -> int:
+        """Reference genes absent from the query (zero-filled)."""
+        return self.n_reference - self.n_present
+
+
+def _aligned_counts(adata: AnnData, setup: DataSetup) -> tuple[sp.csr_matrix, GeneOverlap]:
+    """The query's counts in the reference's genes and order, as one canonical CSR.
+
+    Genes are matched by name; reference genes missing from the query are columns without a
+    stored value (zero counts), extra query genes are dropped. The CSR is built directly from
+    the query's canonical CSR by renumbering its column indices: nothing is densified.
+
+    Raises
+    ------
+    ValueError
+        Duplicate gene names, no gene in common, or fewer than :data:`MIN_GENE_OVERLAP` of the
+        reference's genes (a :class:`UserWarning` below :data:`WARN_GENE_OVERLAP`).
+    """
+    query = pd.Index([str(v) for v in adata.var_names])
+    reference = pd.Index(setup.var_names)
+    if query.has_duplicates:
+        dup = query[query.duplicated()].unique()
+        raise ValueError(
+            f"adata has duplicate gene names ({_listing(list(dup))}); genes are aligned to the "
+            "model's by name. Make them unique first: adata.var_names_make_unique()."
+        )
+    X = _get_matrix(adata, setup.layer)
+    if tuple(query) == setup.var_names:  # the reference's genes in its order
+        return _to_csr(X), GeneOverlap(len(reference), len(reference), 0)
+    position = reference.get_indexer(query)  # (G_query,) column in the reference or -1
+    n_present = int(np.count_nonzero(position >= 0))
+    overlap = GeneOverlap(len(reference), n_present, len(query) - n_present)
+    shown = (
+        f"{n_present} of the model's {len(reference)} genes ({overlap.fraction:.0%}) are in "
+        f"adata (which has {len(query)} genes)"
+    )
+    if n_present == 0:
+        raise ValueError(
+            f"adata has none of the model's {len(reference)} genes (e.g. "
+            f"{_listing(list(reference[:3]))}; adata has {_listing(list(query[:3]))}). Use the "
+            "same gene identifiers as the reference (symbols or Ensembl IDs: model.var_names)."
+        )
+    if overlap.fraction < MIN_GENE_OVERLAP:
+        raise ValueError(
+            f"Only {shown}; at least {MIN_GENE_OVERLAP:.0%} are needed "
+            "(scvae.data.MIN_GENE_OVERLAP): the missing genes would be read as zero counts. "
+            "Check that the gene identifiers match the reference's (model.var_names)."
+        )
+    if overlap.fraction < WARN_GENE_OVERLAP:
+        warnings.warn(
+            f"{shown}; the {overlap.n_missing} missing genes are read as zero counts, which "
+            f"biases the mapping (below {WARN_GENE_OVERLAP:.0%}, scvae.data.WARN_GENE_OVERLAP).",
+            UserWarning,
+            stacklevel=4,
+        )
+    csr = _to_csr(X)  # (N, G_query) canonical
+    column = position[csr.indices]  # (nnz,) reference column of each stored value, or -1
+    kept = column >= 0
+    kept_before = np.concatenate([[0], np.cumsum(kept)])  # (nnz + 1,)
+    indptr = kept_before[csr.indptr]  # (N + 1,)
+    index_dtype = np.int32 if len(reference) < np.iinfo(np.int32).max else np.int64
+    aligned = sp.csr_matrix(
+        (csr.data[kept], column[kept].astype(index_dtype), indptr.astype(csr.indptr.dtype)),
+        shape=(csr.shape[0], len(reference)),
+    )
+    aligned.sort_indices()  # the renumbering does not keep the order within a row
+    aligned.has_canonical_format = True
+    return aligned, overlap
+
+
+def _extended_codes(
+    labels: np.ndarray, known: tuple[str, ...]
+) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """Codes of ``labels`` over ``known`` followed by the new labels (sorted as strings)."""
+    lookup = _category_lookup(known)
+    new = tuple(sorted(set(labels) - lookup.keys()))
+    categories = tuple(known) + new
+    lookup = _category_lookup(categories)
+    codes = np.fromiter((lookup[v] for v in labels), dtype=np.int64, count=len(labels))
+    return codes, categories, new
+
+
+def read_mapping_data(
+    adata: AnnData,
+    setup: DataSetup,
+    *,
+    counts: bool = True,
+    nonnegative: bool = True,
+) -> tuple[DataSetup, CellData, GeneOverlap, dict[str, tuple[str, ...]]]:
+    """Read a query to map onto a reference model (scArches): align it, extend the setup.
+
+    The genes are aligned to the reference's by name (:func:`_aligned_counts`: missing genes
+    read as zeros, extra ones dropped, sparse throughout); batches and categories of the
+    reference keep their codes and new ones are appended after them, sorted as strings.
+    Continuous covariates are standardized with the reference's means and standard deviations.
+    Columns the model does not read (labels, other ``obs``) need not exist. The AnnData is
+    only read.
+
+    Parameters
+    ----------
+    adata
+        The query cells (in memory, not a view).
+    setup
+        The reference model's setup.
+    counts, nonnegative
+        As in :func:`read_training_data`.
+
+    Returns
+    -------
+    setup
+        The reference's setup with the new batch categories and covariate categories appended.
+    data
+        The query cells, coded in the extended setup.
+    overlap
+        How the genes aligned.
+    new
+        The new labels: ``{"batch": (...), <covariate key>: (...), ...}``.
+
+    Raises
+    ------
+    TypeError
+        ``adata`` is not an AnnData.
+    KeyError
+        The batch column or a covariate column of the reference is missing.
+    ValueError
+        A view or backed AnnData; genes (see :func:`_aligned_counts`); missing batch or
+        covariate values; bad counts (see :func:`read_training_data`).
+    """
+    check_in_memory(adata)
+    if adata.is_view:
+        raise ValueError(
+            "adata is a view; the mapped model keeps a reference to its query AnnData, so map "
+            "a real object: adata = adata.copy()."
+        )
+    csr, overlap = _aligned_counts(adata, setup)
+    where = "adata.X" if setup.layer is None else f"adata.layers[{setup.layer!r}]"
+    if overlap.n_missing or overlap.n_extra:
+        where += " (its genes aligned to the reference's)"
+    _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
+    totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
+    new: dict[str, tuple[str, ...]] = {"batch": ()}
+    codes = np.zeros(adata.n_obs, dtype=np.int64)
+    batch_categories = setup.batch_categories
+    if setup.batch_key is not None:
+        labels = _batch_labels(adata, setup.batch_key)
+        codes, batch_categories, new["batch"] = _extended_codes(labels, setup.batch_categories)
+    covariates = setup.covariates
+    categorical = None
+    if covariates.categorical_keys:
+        columns, categories = [], []
+        for key, known in zip(covariates.categorical_keys, covariates.categories, strict=True):
+            labels = _obs_labels(_covariate_column(adata, key, "categorical_covariate_keys"))
+            key_codes, key_categories, new[key] = _extended_codes(labels, known)
+            columns.append(key_codes)
+            categories.append(key_categories)
+        categorical = np.stack(columns, axis=1)  # (N, C)
+        covariates = dataclasses.replace(covariates, categories=tuple(categories))
+    continuous = _read_covariates(adata, dataclasses.replace(covariates, categorical_keys=()))[1]
+    extended = dataclasses.replace(setup, batch_categories=batch_categories, covariates=covariates)
+    data = CellData(
+        X=csr,
+        batch_index=codes,
+        library_size=totals,
+        categorical_covariates=categorical,
+        continuous_covariates=continuous,
+    )
+    return extended, data, overlap, new
+
+
+def _batch_labels(adata: AnnData, batch_key: str) -> np.ndarray:
+    """The batch label strings of every cell (the column must exist and be complete)."""
+    if batch_key not in adata.obs.columns:
+        raise KeyError(
+            f"The reference was trained with batch_key={batch_key!r}, which is not a column of "
+            f"adata.obs (columns present: {_listing(list(adata.obs.columns)) or 'none'}). Give "
+            f"the query's cells their batch: adata.obs[{batch_key!r}] = <sample label>."
+        )
+    column = adata.obs[batch_key]
+    if column.isna().any():
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has {int(column.isna().sum())} missing values; give "
+            "every cell a batch label."
+        )
+    return _obs_labels(column)

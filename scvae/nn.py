@@ -11,6 +11,11 @@ is ``h W + b + E[s] + sum_j E_j[c_j] + u V``. They are passed as one :class:`Cov
 An encoder's first layer can also take its input by the non-zeros (:class:`SparseInput`):
 ``h W`` is then a sum of the rows of ``W`` at the non-zero genes weighted by their values, one
 ``embedding_bag``; the dense product multiplies ``G`` inputs per cell, this only ``nnz``.
+
+Reference mapping (scArches) adds rows for new batches and categories to every embedding
+(:meth:`CovariateLinear.grow`): during the mapping each is a :class:`GrownEmbedding`, the
+reference rows a fixed buffer and only the new rows a parameter, and :meth:`CovariateLinear.merge`
+makes it one ``nn.Embedding`` again, the reference rows bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +38,13 @@ __all__ = [
     "DecoderOutput",
     "GaussianDecoder",
     "GaussianEncoder",
+    "GrownEmbedding",
     "SparseInput",
 ]
+
+#: how the rows of new batches or categories start: ``"zero"`` (as a fresh embedding: the
+#: reference layer without a batch term) or ``"mean"`` (the mean of the reference rows)
+NewRowInit = Literal["zero", "mean"]
 
 
 @dataclass
@@ -210,6 +221,66 @@ class CovariateLinear(nn.Module):
             out = out + covariates.continuous @ self.continuous_weight  # (N, n_out) u V
         return out
 
+    def grow(
+        self,
+        n_new_batches: int,
+        n_new_categories: tuple[int, ...] = (),
+        *,
+        init: NewRowInit = "zero",
+    ) -> list[nn.Parameter]:
+        """Add rows for new batches (and new categories of each categorical covariate).
+
+        Every existing row is kept as a fixed buffer of a :class:`GrownEmbedding`; only the
+        new rows are parameters. A layer built for one batch (no embedding: its batch term is
+        zero) gets a zero row for it. Call :meth:`merge` after training.
+
+        Parameters
+        ----------
+        n_new_batches
+            Rows to add to the batch embedding (0: none).
+        n_new_categories
+            Rows to add to the embedding of each categorical covariate (empty: none); ignored
+            by a layer without covariate embeddings.
+        init
+            ``"zero"`` or ``"mean"`` (the mean of the existing rows).
+
+        Returns
+        -------
+        list of nn.Parameter
+            The new rows, the only parameters the mapping trains.
+        """
+        new: list[nn.Parameter] = []
+        n_out = self.bias.shape[0]
+        if n_new_batches > 0:
+            old = (
+                self.batch_embedding.weight.detach()
+                if self.batch_embedding is not None
+                else self.bias.new_zeros(1, n_out)  # one batch: no embedding, a zero term
+            )
+            self.batch_embedding = GrownEmbedding(old, n_new_batches, init=init)
+            new.append(self.batch_embedding.new)
+        if self.covariate_embeddings is not None and any(n_new_categories):
+            sizes = list(self.covariate_sizes.n_categories)
+            for j, n_new in enumerate(n_new_categories):
+                if n_new > 0:
+                    grown = GrownEmbedding(
+                        self.covariate_embeddings[j].weight.detach(), n_new, init=init
+                    )
+                    self.covariate_embeddings[j] = grown
+                    new.append(grown.new)
+                    sizes[j] += n_new
+            self.covariate_sizes = CovariateSizes(tuple(sizes), self.covariate_sizes.n_continuous)
+        return new
+
+    def merge(self) -> None:
+        """Make every :class:`GrownEmbedding` one ``nn.Embedding`` again (after mapping)."""
+        if isinstance(self.batch_embedding, GrownEmbedding):
+            self.batch_embedding = self.batch_embedding.merged()
+        if self.covariate_embeddings is not None:
+            for j, embedding in enumerate(self.covariate_embeddings):
+                if isinstance(embedding, GrownEmbedding):
+                    self.covariate_embeddings[j] = embedding.merged()
+
     def _check_covariates(self, covariates: Covariates | None) -> None:
         """The covariates given are those the layer was built for."""
         sizes = self.covariate_sizes
@@ -221,6 +292,49 @@ class CovariateLinear(nn.Module):
                 f"{given[1]} continuous (pass the covariates the module was built with, e.g. "
                 "batch.covariates)."
             )
+
+
+class GrownEmbedding(nn.Module):
+    """An embedding whose first rows are fixed and whose last rows are learned.
+
+    The rows of the reference's batches (or categories) are a buffer, so no optimizer can move
+    them; the rows of the query's new ones are the only parameter. The lookup gathers from
+    both, as one ``nn.Embedding`` of all the rows would.
+
+    Parameters
+    ----------
+    fixed
+        (n_old, n_out) the existing rows (copied).
+    n_new
+        Number of rows to add.
+    init
+        ``"zero"`` or ``"mean"`` (each new row the mean of the fixed rows).
+    """
+
+    def __init__(self, fixed: torch.Tensor, n_new: int, *, init: NewRowInit = "zero") -> None:
+        super().__init__()
+        if init not in ("zero", "mean"):
+            raise ValueError(f"init must be 'zero' or 'mean', got {init!r}.")
+        fixed = fixed.detach().clone()
+        self.register_buffer("fixed", fixed)  # (n_old, n_out)
+        start = (
+            fixed.mean(0, keepdim=True) if init == "mean" else fixed.new_zeros(1, fixed.shape[1])
+        )
+        self.new = nn.Parameter(start.expand(n_new, -1).clone())  # (n_new, n_out)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(n_old + n_new, n_out) every row, fixed first."""
+        return torch.cat([self.fixed, self.new])
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows of ``index`` (N,): (N, n_out)."""
+        return F.embedding(index, self.weight)
+
+    def merged(self) -> nn.Embedding:
+        """One ``nn.Embedding`` of every row (the fixed ones bit for bit)."""
+        weight = self.weight.detach().clone()
+        return nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight)
 
 
 def _zero_embedding(n_categories: int, n_out: int) -> nn.Embedding:

@@ -138,6 +138,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.device = torch.device("cpu")
+        self._align_genes = False  # a mapped model aligns its queries' genes by name
 
     def _reads_counts(self, config: VAEConfig) -> bool:
         """Whether the input must be raw counts (every model but a non-normalizing Gaussian)."""
@@ -341,6 +342,114 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             )
         return self._data
 
+    def map_query(
+        self,
+        adata: AnnData,
+        *,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        train_size: float = 0.9,
+        early_stopping: bool = True,
+        patience: int = 10,
+        n_steps_kl_warmup: int | None = 0,
+        seed: int | None = 0,
+        accelerator: str = "auto",
+        devices: int | str | Sequence[int] = "auto",
+        progress_bar: bool = True,
+        new_row_init: Literal["zero", "mean"] = "zero",
+        batchnorm: Literal["eval", "train"] = "eval",
+        callbacks: Sequence[Any] = (),
+    ) -> VAEModel:
+        """Map a query onto this trained reference (scArches): a new model embedding both.
+
+        The query's genes are aligned to the reference's by name (missing genes read as zero
+        counts, extra genes dropped; refused below :data:`scvae.data.MIN_GENE_OVERLAP` of the
+        reference's genes, a warning below :data:`scvae.data.WARN_GENE_OVERLAP`). Its new
+        batches (and new categories of each categorical covariate) get new rows in every
+        batch (covariate) embedding, encoders and decoder, new ``log theta`` rows with
+        ``dispersion="gene-batch"`` and their empirical library prior; a batch the reference
+        knows keeps its row. Only these new parameters are trained, by the same ELBO and
+        training loop as :meth:`fit`; every other weight, and the BatchNorm statistics, stay
+        the reference's, so ``mapped.get_latent(reference_adata)`` equals
+        ``model.get_latent(reference_adata)`` exactly. This model is not modified, nor is
+        ``adata``.
+
+        Parameters
+        ----------
+        adata
+            The query cells: raw counts in the reference's layer, the reference's batch
+            column (and covariate columns); no labels or other columns needed. In memory,
+            not a view, not the reference's own cells (same ``obs_names`` as every training
+            cell: refused; some shared names: a warning).
+        max_epochs
+            Passes over the query's training cells; None: :func:`default_map_epochs`
+            (``min(100, 100 * 20000 / n_cells)``).
+        lr
+            Adam's learning rate; 1e-2 (ten times :meth:`fit`'s): only the new rows learn,
+            from a few steps per epoch (on the 430-cell PBMC query, 1e-3 had not converged in
+            40 epochs; 1e-2 and 3e-2 reached the same query ELBO, ``benchmarks/map_query.py``).
+        batch_size, train_size, seed, accelerator, devices, progress_bar, callbacks
+            As in :meth:`fit`.
+        weight_decay
+            Adam's weight decay on the new parameters (0 by default, as scArches).
+        early_stopping, patience
+            Stop when the query's validation ELBO has not improved for ``patience`` epochs.
+        n_steps_kl_warmup
+            KL warm-up steps; 0 by default (the networks are trained, only the new rows learn).
+        new_row_init
+            How the new rows start: ``"zero"`` (as a fresh embedding) or ``"mean"`` of the
+            reference's rows (measured in ``benchmarks/map_query.py``).
+        batchnorm
+            ``"eval"`` (default): the reference's BatchNorm layers normalize by their running
+            statistics while mapping, as they do when embedding; ``"train"``: by the query
+            minibatch's statistics (the reference's running statistics are restored after).
+
+        Returns
+        -------
+        VAEModel
+            A new model of this class: :attr:`batch_categories` are the reference's and then
+            the new ones; its default cells (``adata=None``) are the query's; ``training``
+            (and ``uns[key]["params"]``) record ``map_query``, the reference's batches and
+            epochs, the new batches, the gene overlap and the mapping's own epochs and seconds.
+
+        Raises
+        ------
+        ValueError
+            No or too little gene overlap, a view, backed data, the reference's own cells,
+            missing batch or covariate values, bad counts.
+        KeyError
+            The query lacks the batch column or a covariate column of the reference.
+
+        Examples
+        --------
+        >>> reference = scvae.ZINBVAE(ref_adata, batch_key="batch").fit()
+        >>> mapped = reference.map_query(query_adata)
+        >>> mapped.write_latent(query_adata)  # obsm["X_zinbvae"], same space as the reference
+        """
+        from scvae.models._map_query import map_query
+
+        return map_query(
+            self,
+            adata,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            train_size=train_size,
+            early_stopping=early_stopping,
+            patience=patience,
+            n_steps_kl_warmup=n_steps_kl_warmup,
+            seed=seed,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+            new_row_init=new_row_init,
+            batchnorm=batchnorm,
+            callbacks=callbacks,
+        )
+
     # ----------------------------------------------------------------------------- inference
     def _cells(self, adata: AnnData | None) -> CellData:
         if adata is None:
@@ -349,7 +458,9 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
 
     def _read_query(self, adata: AnnData) -> CellData:
         counts = self._reads_counts(self.config)
-        data = read_query_data(adata, self.setup, counts=counts, nonnegative=counts)
+        data = read_query_data(
+            adata, self.setup, counts=counts, nonnegative=counts, align_genes=self._align_genes
+        )
         return self._transform(data, self.config)
 
     def _minibatches(self, data: CellData, batch_size: int) -> Iterator[Minibatch]:
@@ -477,6 +588,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             "history": self.history.reset_index().to_dict(orient="list"),
             "train_indices": self.train_indices,
             "validation_indices": self.validation_indices,
+            "align_genes": self._align_genes,
         }
 
     def _save_tensors(self) -> dict[str, torch.Tensor]:
@@ -490,6 +602,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         config = cls._config_class.from_dict(meta["config"])
         model._init_state(DataSetup.from_dict(meta["setup"]), config, data=None)
         model.training = meta.get("training", meta.get("fit_params", {}))  # older: fit_params
+        model._align_genes = bool(meta.get("align_genes", False))
         n_batch = model.setup.n_batch
         module = model._build_module(torch.zeros(n_batch), torch.ones(n_batch))
         module.load_state_dict(tensors)

@@ -41,7 +41,15 @@ from torch.distributions import Normal, kl_divergence
 from scvae.distributions import DISPERSIONS, ObservationModel, observation_model
 from scvae.distributions.observation import Dispersion, Likelihood
 from scvae.minibatch import Minibatch
-from scvae.nn import Covariates, CovariateSizes, DecoderOutput, GaussianEncoder, SparseInput
+from scvae.nn import (
+    CovariateLinear,
+    Covariates,
+    CovariateSizes,
+    DecoderOutput,
+    GaussianEncoder,
+    NewRowInit,
+    SparseInput,
+)
 
 __all__ = ["DISPERSIONS", "LIBRARIES", "Inference", "Library", "LossOutput", "VAEModule"]
 
@@ -167,9 +175,83 @@ class VAEModule(nn.Module):
 
     @property
     def observation_parameter(self) -> torch.Tensor | None:
-        """The observation model's learned, non-decoded parameter (``log theta``, ``log var``)."""
+        """The observation model's learned, non-decoded parameter (``log theta``, ``log var``).
+
+        While a query is mapped (:meth:`grow`), a per-batch parameter is the reference's rows
+        followed by the new batches' rows.
+        """
         name = self.observation.parameter_name
-        return None if name is None else getattr(self, name, None)
+        parameter = None if name is None else getattr(self, name, None)
+        new_rows = getattr(self, "observation_parameter_new", None)
+        return parameter if new_rows is None else torch.cat([parameter, new_rows])
+
+    # ------------------------------------------------------------------ reference mapping
+    def grow(
+        self,
+        n_new_batches: int,
+        library_log_mean: torch.Tensor,
+        library_log_var: torch.Tensor,
+        *,
+        n_new_categories: Sequence[int] = (),
+        init: NewRowInit = "zero",
+    ) -> list[nn.Parameter]:
+        """Add the parameters of new batches and categories, for mapping a query (scArches).
+
+        Every batch embedding (encoders and decoder) gets ``n_new_batches`` rows, each
+        categorical covariate's embeddings the rows of its new categories, a per-batch
+        dispersion (``dispersion="gene-batch"``) rows initialised at the mean of the
+        reference's ``log theta`` rows, and the library prior the new batches' empirical
+        log-library mean and variance. The existing rows stay as fixed buffers; :meth:`merge`
+        makes the module an ordinary one of ``n_batch + n_new_batches`` batches again.
+
+        Parameters
+        ----------
+        n_new_batches
+            Number of new batches (appended after the reference's).
+        library_log_mean, library_log_var
+            (n_new_batches,) the library prior of the new batches.
+        n_new_categories
+            New categories of each categorical covariate (empty: none).
+        init
+            How the new embedding rows start: ``"zero"`` or ``"mean"`` of the reference rows.
+
+        Returns
+        -------
+        list of nn.Parameter
+            The new parameters: the only ones a mapping trains.
+        """
+        n_new_categories = tuple(int(n) for n in n_new_categories)
+        new: list[nn.Parameter] = []
+        for layer in self.modules():
+            if isinstance(layer, CovariateLinear):
+                new += layer.grow(n_new_batches, n_new_categories, init=init)
+        if any(n_new_categories):
+            sizes = self.covariate_sizes
+            grown = tuple(a + b for a, b in zip(sizes.n_categories, n_new_categories, strict=True))
+            self.covariate_sizes = CovariateSizes(grown, sizes.n_continuous)
+        if n_new_batches > 0:
+            parameter = self.observation_parameter
+            if parameter is not None and parameter.dim() == 2:  # (S, G) per-batch theta
+                start = parameter.detach().mean(0, keepdim=True).expand(n_new_batches, -1)
+                self.observation_parameter_new = nn.Parameter(start.clone())
+                new.append(self.observation_parameter_new)
+            mean = library_log_mean.float().to(self.library_log_mean.device).reshape(-1)
+            var = library_log_var.float().to(self.library_log_var.device).reshape(-1)
+            self.library_log_mean = torch.cat([self.library_log_mean, mean])
+            self.library_log_var = torch.cat([self.library_log_var, var])
+            self.n_batch += n_new_batches
+        return new
+
+    def merge(self) -> None:
+        """After mapping: every grown embedding and parameter one ordinary tensor again."""
+        for layer in self.modules():
+            if isinstance(layer, CovariateLinear):
+                layer.merge()
+        new_rows = getattr(self, "observation_parameter_new", None)
+        if new_rows is not None:
+            merged = self.observation_parameter.detach().clone()
+            del self.observation_parameter_new
+            setattr(self, self.observation.parameter_name, nn.Parameter(merged))
 
     # ----------------------------------------------------------------------------- inference
     def encode(self, batch: Minibatch) -> tuple[Normal, Normal | None]:

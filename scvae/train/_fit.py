@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -145,6 +145,10 @@ def _quiet_lightning() -> Iterator[None]:
                 log.setLevel(level)
 
 
+def _batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def train_vae(
     make_module: Callable[[], nn.Module],
     data: CellData,
@@ -152,6 +156,7 @@ def train_vae(
     *,
     callbacks: Sequence[pl.Callback] = (),
     model_options: dict[str, Any] | None = None,
+    keep_batchnorm: Literal["eval", "train"] | None = None,
 ) -> TrainResult:
     """Fit a VAE module on validated cells by maximizing the ELBO.
 
@@ -168,6 +173,14 @@ def train_vae(
         Extra Lightning callbacks (they see the :class:`TrainingPlan`).
     model_options
         The model's options, part of the fingerprint that a checkpoint must match.
+    keep_batchnorm
+        None (a fit): BatchNorm normalizes by minibatch statistics in training and its running
+        statistics are recalibrated at the end (:func:`recalibrate_batchnorm`). When the
+        module's BatchNorm layers belong to a frozen reference (mapping a query), their
+        running statistics are kept exactly: ``"eval"`` keeps every BatchNorm in eval mode
+        throughout (training normalizes by the reference's statistics, as evaluation will);
+        ``"train"`` normalizes by the query minibatch's statistics in training and restores
+        the reference's running statistics afterwards.
 
     Returns
     -------
@@ -206,6 +219,14 @@ def train_vae(
         n_steps_kl_warmup = max_epochs * len(train_loader) // 10
     pl.seed_everything(config.seed, workers=False, verbose=False)
     module = make_module()
+    if keep_batchnorm not in (None, "eval", "train"):
+        raise ValueError(f"keep_batchnorm must be None, 'eval' or 'train', got {keep_batchnorm!r}.")
+    norms = _batchnorms(module)
+    kept_statistics = (
+        [{k: v.detach().clone() for k, v in norm.state_dict().items()} for norm in norms]
+        if keep_batchnorm is not None
+        else None
+    )
     plan = TrainingPlan(
         module,
         train_loader=train_loader,
@@ -213,6 +234,7 @@ def train_vae(
         lr=config.lr,
         weight_decay=config.weight_decay,
         n_steps_kl_warmup=n_steps_kl_warmup,
+        eval_modules=tuple(norms) if keep_batchnorm == "eval" else (),
     )
     stopper = EarlyStoppingAfterWarmup(patience=config.patience) if early_stopping else None
     checkpoint, resume = None, None
@@ -256,7 +278,11 @@ def train_vae(
         checkpoint.path.unlink(missing_ok=True)  # the fit is complete: nothing to resume
     device = plan.device
     module.to(device)
-    recalibrate_batchnorm(module, train_loader.to(device))
+    if kept_statistics is None:
+        recalibrate_batchnorm(module, train_loader.to(device))
+    else:  # the reference's running statistics, exactly
+        for norm, state in zip(norms, kept_statistics, strict=True):
+            norm.load_state_dict(state)
     module.eval()
     if interrupt.interrupted:
         kept = (

@@ -78,6 +78,9 @@ class TrainingPlan(pl.LightningModule):
         Adam settings.
     n_steps_kl_warmup
         The KL weight rises linearly from 0 to 1 over this many optimizer steps (0: no warm-up).
+    eval_modules
+        Submodules kept in eval mode throughout (e.g. the reference's BatchNorm layers while a
+        query is mapped: they normalize by their running statistics and never update them).
     """
 
     def __init__(
@@ -89,8 +92,10 @@ class TrainingPlan(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         n_steps_kl_warmup: int = 0,
+        eval_modules: tuple[nn.Module, ...] = (),
     ) -> None:
         super().__init__()
+        self._eval_modules = tuple(eval_modules)
         self.module = module
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -100,6 +105,20 @@ class TrainingPlan(pl.LightningModule):
         self._sums: dict[str, tuple[int, torch.Tensor]] = {}
         self._pending_validation: dict[str, float] = {}
         self.history_rows: list[dict[str, float]] = []
+
+    def train(self, mode: bool = True) -> TrainingPlan:
+        """``nn.Module.train``, with :attr:`eval_modules` left in eval mode."""
+        super().train(mode)
+        self._keep_eval()
+        return self
+
+    def _keep_eval(self) -> None:
+        for submodule in self._eval_modules:
+            submodule.eval()
+
+    def on_train_epoch_start(self) -> None:
+        """Put :attr:`eval_modules` back in eval mode (Lightning sets train mode per module)."""
+        self._keep_eval()
 
     @property
     def kl_weight(self) -> float:
