@@ -244,6 +244,22 @@ def fit_job(h5ad: Path, batch_key: str | None, args, tasks: list[dict]) -> dict[
     }
 
 
+def worker_stems(h5ad: Path, args) -> dict[str, Path]:
+    """Cache stems of the two fits; scvae's names its commit (runs of two commits coexist)."""
+    return {
+        "scvae": WORK_DIR / f"{h5ad.stem}_scvae-{args.scvae_commit_short}_e{args.max_epochs}",
+        "scvi": WORK_DIR / f"{h5ad.stem}_scvi_e{args.max_epochs}",
+    }
+
+
+def write_once(adata, path: Path) -> None:
+    """Write the (seeded, deterministic) data set unless another run already has."""
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.h5ad")
+        adata.write_h5ad(tmp)
+        tmp.replace(path)
+
+
 def run_both(jobs: dict[str, dict], stems: dict[str, Path], threads: int, parallel: bool):
     """Run the scvae and scvi jobs, at once (one thread each) or one after the other."""
     tools = ["scvae", "scvi"]
@@ -418,7 +434,7 @@ def part_sim_and_null(args, seed: int, want_sim: bool, want_null: bool) -> dict[
     adata = sim_data(seed, args.quick)
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     h5ad = WORK_DIR / f"sim{seed}{'_quick' if args.quick else ''}.h5ad"
-    adata.write_h5ad(h5ad)
+    write_once(adata, h5ad)
     tasks = [
         {"name": "ovr_change", "groupby": "group", "mode": "change"},
         {"name": "ovr_vanilla", "groupby": "group", "mode": "vanilla"},
@@ -435,7 +451,7 @@ def part_sim_and_null(args, seed: int, want_sim: bool, want_null: bool) -> dict[
         t.setdefault("mode", "change")
         t["batch_correction"] = True
     job = fit_job(h5ad, "batch", args, tasks)
-    stems = {t: WORK_DIR / f"{h5ad.stem}_{t}_e{args.max_epochs}" for t in ("scvae", "scvi")}
+    stems = worker_stems(h5ad, args)
     jobs = {"scvae": {**job, "scvae_source": scvae_source_hash()}, "scvi": job}
     fits = run_both(jobs, stems, args.threads, args.parallel)
     genes = np.asarray(adata.var_names)
@@ -496,9 +512,9 @@ def part_pbmc(args, parts: set[str]) -> dict[str, Any]:
     adata, info = pbmc_data(args.quick)
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     h5ad = WORK_DIR / f"pbmc3k{'_quick' if args.quick else ''}.h5ad"
-    adata.write_h5ad(h5ad)
+    write_once(adata, h5ad)
     repeats = 1 if args.quick else 3
-    same = 200 if args.quick else SAME_SAMPLES
+    same = min(200, args.same_samples) if args.quick else args.same_samples
     null = {"groupby": "null_split", "group1": "half1", "group2": "half2"}
     common = [
         {"name": "time_default", "groupby": "cell_type", "repeats": repeats},
@@ -510,21 +526,15 @@ def part_pbmc(args, parts: set[str]) -> dict[str, Any]:
         tasks = [dict(t) for t in common]
         if tool == "scvae":  # scvi-tools' default is the shared number of samples
             tasks.append({"name": "rank", "kind": "rank", "groupby": "cell_type"})
-            tasks.insert(
-                1,
-                {
-                    "name": "time_same",
-                    "groupby": "cell_type",
-                    "repeats": repeats,
-                    "n_samples": same,
-                },
-            )
+            if same:
+                timed = {"groupby": "cell_type", "repeats": repeats, "n_samples": same}
+                tasks.insert(1, {"name": "time_same", **timed})
         for t in tasks:
             t.setdefault("mode", "change")
             t["batch_correction"] = True
         jobs[tool] = fit_job(h5ad, None, args, tasks)
     jobs["scvae"]["scvae_source"] = scvae_source_hash()
-    stems = {t: WORK_DIR / f"{h5ad.stem}_{t}_e{args.max_epochs}" for t in ("scvae", "scvi")}
+    stems = worker_stems(h5ad, args)
     fits = run_both(jobs, stems, args.threads, parallel=False)  # timed: never concurrently
     out: dict[str, Any] = {
         "data": info,
@@ -563,7 +573,7 @@ def part_pbmc(args, parts: set[str]) -> dict[str, Any]:
             "same_n_samples": same,
             "scvae_default_n_samples": 200,
             "scvi_default_n_samples": SAME_SAMPLES,
-            "scvae_same": t_scvae["time_same"]["times_s"],
+            "scvae_same": t_scvae.get("time_same", {}).get("times_s"),
             "scvae_default": t_scvae["time_default"]["times_s"],
             "scvi_default": t_scvi["time_default"]["times_s"],
             "scanpy_wilcoxon": time_scanpy(adata, repeats),
@@ -602,6 +612,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--name", default="de")
     p.add_argument(
+        "--same-samples",
+        type=int,
+        default=SAME_SAMPLES,
+        help="n_samples of scvae's timing at scvi-tools' default (0: skip that timing)",
+    )
+    p.add_argument(
         "--scvae-commit",
         default="HEAD",
         help="measure scvae as committed here (exported with git archive), not the work tree",
@@ -612,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.max_epochs = min(args.max_epochs, 3)
     source, scvae_commit = use_committed_scvae(args.scvae_commit)
+    args.scvae_commit_short = scvae_commit[:7]
     print(f"scvae from {source} (commit {scvae_commit[:10]})", flush=True)
     parts = set(args.part)
     payload: dict[str, Any] = {}
