@@ -308,3 +308,17 @@ def test_pbmc3k_half_the_labels_hidden_are_recovered() -> None:
     assert (model.predict()[hidden] == truth[hidden]).mean() > 0.85
     cal = model.calibration
     assert cal["fitted"] and cal["nll_after"] <= cal["nll_before"]
+
+
+def test_map_query_names_the_cells_of_a_query_without_labels() -> None:
+    """Reference mapping of a new batch whose cells carry no labels column at all."""
+    sim = scvae.datasets.simulate(n_cells=600, n_genes=100, n_clusters=3, n_batches=3, seed=2)
+    reference = sim[sim.obs["batch"] != "batch2"].copy()
+    query = sim[sim.obs["batch"] == "batch2"].copy()
+    truth = query.obs.pop("cluster").astype(str).to_numpy()
+    model = scvae.SSVAE(reference, labels_key="cluster", batch_key="batch", n_latent=4)
+    model.fit(max_epochs=30, progress_bar=False, seed=0)
+    mapped = model.map_query(query, max_epochs=20, progress_bar=False)
+    assert isinstance(mapped, scvae.SSVAE)
+    assert (mapped.predict(query) == truth).mean() > 0.9
+    np.testing.assert_array_equal(mapped.get_latent(reference), model.get_latent(reference))
