@@ -31,7 +31,7 @@ COLUMNS = [
     "non_zeros_proportion2",
     "is_de_fdr_0.05",
 ]
-FAST = {"n_samples": 40, "n_draws_per_cell": 4}
+FAST = {"n_samples": 4}
 
 
 def test_table_has_the_scvi_columns_and_consistent_values(trained, sim) -> None:
@@ -157,7 +157,7 @@ def test_estimate_delta_finds_the_central_mode() -> None:
         ({"groupby": "cluster", "group2": "0"}, ValueError, "needs group1"),
         ({"groupby": "cluster", "mode": "bayes"}, ValueError, "mode"),
         ({"groupby": "cluster", "group1": "0", "batches": ["batch7"]}, ValueError, "Unknown batch"),
-        ({"groupby": "cluster", "n_samples": 1}, ValueError, "n_samples"),
+        ({"groupby": "cluster", "n_samples": 0}, ValueError, "n_samples"),
     ],
 )
 def test_bad_input_is_refused(trained, kwargs, error, match) -> None:

@@ -1,35 +1,36 @@
-"""Differential expression from the posterior of a trained count VAE.
+"""Differential expression from a trained count VAE, batch-corrected, with FDR control.
 
-For two groups of cells ``A`` and ``B`` the question is whether the *population* mean of the
-normalized expression ``rho_g`` (the decoder's proportions, ``sum_g rho_g = 1``) differs::
+For two groups of cells ``A`` and ``B`` the question is whether the *population* mean
+expression proportion of a gene differs. Each group's is estimated from its pooled,
+batch-corrected counts::
 
-    m_A = sum_{n in A} w_n rho(z_n, s) / sum_{n in A} w_n,     LFC_g = log2 m_Ag - log2 m_Bg
+    m_Ag = (sum_{n in A} c_ng x_ng + 1/2) / (sum_{n in A} sum_g' c_ng' x_ng' + G/2)
+    c_ng = mean_{s in S} mu_g(z_n, s) / mu_g(z_n, s_n),      z_n ~ q(z | x_n, s_n)
 
-Its posterior is drawn by combining the two sources of uncertainty:
+where the model supplies the correction ``c`` of every count to the average batch of ``S``
+(every batch by default), and ``LFC_g = log2 m_Ag - log2 m_Bg``. Its uncertainty has two
+parts:
 
-* the cells: ``w ~ Dirichlet(1, ..., 1)`` over the cells of each group (Rubin's Bayesian
-  bootstrap: the group is a sample of its population), drawn afresh for every draw of LFC;
-* the model: ``z_n ~ q(z | x_n, s_n)``; each draw of LFC takes for every cell one of
-  ``n_draws_per_cell`` decoder outputs (so each cell is decoded that many times, not once per
-  LFC draw).
+* the cells: a group is a sample of its population. Rubin's Bayesian bootstrap (weights
+  ``w ~ Dirichlet(1, ..., 1)`` over the cells) gives the ratio of weighted sums a variance
+  that is, to first order, ``sum_n (x_ng / S_g - l_n / L)^2`` (``S_g``, ``L`` the pooled
+  gene and library counts): computed in closed form, with no resampling; it is at least the
+  Poisson variance of the pooled counts, which the bootstrap cannot see for a gene observed in
+  a handful of cells;
+* the model: ``n_samples`` posterior draws of every cell's ``z`` (hence of ``c``), decoded under
+  each batch; the spread of the estimate over them adds to its variance.
 
-Batch correction decodes every ``z_n`` under each batch ``s`` of a set (every batch by default)
-and averages the proportions: the expression the cell would have in the average batch.
-
-From ``n_samples`` draws of ``LFC_g``:
+The estimate and its standard error go through an empirical-Bayes prior fitted to all genes of
+the comparison (:mod:`scvae.models._shrinkage`), whose posterior gives
 
 * ``mode="change"``: ``proba_de = P(|LFC_g| > delta)``;
-* ``mode="vanilla"``: ``proba_m1 = P(m_Ag > m_Bg)``, ``bayes_factor = log(p / (1 - p))``
-  and ``proba_de = max(p, 1 - p)``, the posterior probability of the direction;
+* ``mode="vanilla"``: ``proba_m1 = P(LFC_g > 0)`` (half the prior's point mass at 0 counted
+  on each side), ``bayes_factor = log(proba_m1 / proba_m2)`` and ``proba_de = max(P(LFC_g >
+  0), P(LFC_g < 0))``, one minus the local false sign rate;
 
 and the genes called at a target posterior expected false discovery rate (Boyeau et al.,
 PNAS 2023): the largest set of top-ranked genes whose mean ``1 - proba_de`` is at most
-``fdr_target``.
-
-Unlike scvi-tools, which pairs single cells of the two groups (so ``P(|LFC| > delta)`` is the
-probability that a random cell of A differs from a random cell of B, small for most real
-differences), this asks about the groups' means, as scanpy's tests do, with the uncertainty of
-a finite sample of cells and of the posterior of each cell.
+``fdr_target``. Why the counts and not the decoded proportions: ``docs/math.md``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
 from scvae.models._shrinkage import shrink
 from scvae.models._vae_queries import _seeded
 
-__all__ = ["MIN_CELLS_PER_GROUP", "DifferentialExpression", "GroupDraws", "estimate_delta"]
+__all__ = ["MIN_CELLS_PER_GROUP", "DifferentialExpression", "GroupStats", "estimate_delta"]
 
 #: the fewest cells a compared group may have (the mean of fewer is left to chance)
 MIN_CELLS_PER_GROUP = 5
@@ -65,8 +66,8 @@ REST = "rest"
 
 
 @dataclass
-class GroupDraws:
-    """Bootstrap draws of each atom group's pooled, batch-corrected counts, and model means.
+class GroupStats:
+    """Sums over the cells of each atom group: what every comparison is computed from.
 
     An *atom* is one label of ``groupby``; a compared group is a union of atoms (the rest is
     all atoms but one), so one pass over the cells serves every comparison.
@@ -74,34 +75,44 @@ class GroupDraws:
     Attributes
     ----------
     counts
-        (K, A, G) ``sum_n w_kn c_kng x_ng`` over the cells of each atom: corrected counts
-        weighted by the bootstrap weights of draw ``k``.
+        (J, A, G) ``sum_n c_jng x_ng``: the pooled corrected counts under posterior draw ``j``.
     totals
-        (K, A) ``sum_n w_kn sum_g c_kng x_ng``: the corrected library sizes, likewise.
+        (J, A) ``sum_n sum_g c_jng x_ng``: the pooled corrected library sizes.
+    squares
+        (A, G) ``sum_n xbar_ng^2``, with ``xbar`` the counts corrected by the mean factor.
+    cross
+        (A, G) ``sum_n xbar_ng lbar_n``, ``lbar_n = sum_g xbar_ng``.
+    library_squares
+        (A,) ``sum_n lbar_n^2``.
     scale_sums
         (A, G) ``sum_n E_q[rho_n]``: the model's denoised proportions (batch-averaged).
     rank_sums
-        (A, G) sum over the cells of each atom of the rank of ``log1p(1e4 x~_ng / l~_n)``
-        (the batch-corrected, log-normalized counts ``x~``, posterior mean factors) among
-        all compared cells, ties at their mean rank; filled by :meth:`rank_cells`.
+        (A, G) sum over the cells of each atom of the rank of ``log1p(1e4 xbar_ng / lbar_n)``
+        among all compared cells, ties at their mean rank; filled by :meth:`rank_cells`.
     n_cells
         (A,) cells of each atom.
     """
 
     counts: torch.Tensor
     totals: torch.Tensor
+    squares: torch.Tensor
+    cross: torch.Tensor
+    library_squares: torch.Tensor
     scale_sums: torch.Tensor
     rank_sums: np.ndarray
     n_cells: torch.Tensor
     _entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @classmethod
-    def zeros(cls, n_samples: int, n_atoms: int, n_genes: int) -> GroupDraws:
+    def zeros(cls, n_draws: int, n_atoms: int, n_genes: int) -> GroupStats:
         """Empty accumulators (float64, on the CPU)."""
         f64 = torch.float64
         return cls(
-            counts=torch.zeros(n_samples, n_atoms, n_genes, dtype=f64),
-            totals=torch.zeros(n_samples, n_atoms, dtype=f64),
+            counts=torch.zeros(n_draws, n_atoms, n_genes, dtype=f64),
+            totals=torch.zeros(n_draws, n_atoms, dtype=f64),
+            squares=torch.zeros(n_atoms, n_genes, dtype=f64),
+            cross=torch.zeros(n_atoms, n_genes, dtype=f64),
+            library_squares=torch.zeros(n_atoms, dtype=f64),
             scale_sums=torch.zeros(n_atoms, n_genes, dtype=f64),
             rank_sums=np.zeros((n_atoms, n_genes)),
             n_cells=torch.zeros(n_atoms, dtype=f64),
@@ -112,69 +123,76 @@ class GroupDraws:
         self.scale_sums.index_add_(0, atom, rho.mean(0).double())
         self.n_cells.index_add_(0, atom, torch.ones(len(atom), dtype=torch.float64))
 
-    def add_bootstrap(
-        self,
-        corrected: torch.Tensor,
-        row: torch.Tensor,
-        col: torch.Tensor,
-        atom: torch.Tensor,
-        *,
-        generator: torch.Generator,
+    def add_counts(
+        self, corrected: torch.Tensor, row: torch.Tensor, col: torch.Tensor, atom: torch.Tensor
     ) -> None:
-        """Accumulate every bootstrap draw for one chunk of ``B`` cells.
+        """Accumulate one chunk of ``B`` cells.
 
-        ``corrected`` (J', nnz) holds ``J'`` draws of the corrected non-zero counts at rows
-        ``row`` (cell in the chunk) and columns ``col``; each bootstrap draw takes one of them
-        per cell and a weight ``w ~ Exp(1)`` per cell (normalized, Dirichlet weights).
+        ``corrected`` (J, nnz) holds ``J`` posterior draws (or one, uncorrected) of the
+        corrected non-zero counts at rows ``row`` (cell in the chunk) and columns ``col``.
         """
-        n_samples, n_atoms, n_genes = self.counts.shape
-        n_draws, nnz = corrected.shape
-        n_cells = len(atom)
-        library = torch.zeros(n_draws, n_cells, dtype=torch.float64).index_add_(1, row, corrected)
+        n_draws = corrected.shape[0]
+        n_atoms, n_genes = self.squares.shape
         target = atom[row] * n_genes + col  # (nnz,) flat (atom, gene) of each non-zero
-        values = corrected.reshape(-1).float()
-        k_block = max(1, min(n_samples, _BLOCK_BUDGET // max(nnz, n_atoms * n_genes, 1)))
-        cell = torch.arange(n_cells)
-        for k0 in range(0, n_samples, k_block):
-            kb = min(k_block, n_samples - k0)
-            w = torch.empty(kb, n_cells, dtype=torch.float64).exponential_(generator=generator)
-            j = torch.randint(n_draws, (kb, n_cells), generator=generator)  # draw of each cell
-            picked = values[j[:, row] * nnz + torch.arange(nnz)]  # (kb, nnz)
-            # one chunk's sums in float32 (at most B terms each), the totals in float64
-            block = torch.zeros(kb, n_atoms * n_genes)
-            block.index_add_(1, target, picked * w.float()[:, row])
-            self.counts[k0 : k0 + kb] += block.view(kb, n_atoms, n_genes)
-            self.totals[k0 : k0 + kb].index_add_(1, atom, library[j, cell] * w)
+        flat = torch.zeros(n_draws, n_atoms * n_genes, dtype=torch.float64)
+        self.counts += flat.index_add_(1, target, corrected).view(n_draws, n_atoms, n_genes)
+        library = torch.zeros(n_draws, len(atom), dtype=torch.float64).index_add_(1, row, corrected)
+        self.totals.index_add_(1, atom, library)
+        mean, mean_library = corrected.mean(0), library.mean(0)  # (nnz,), (B,)
+        self.squares.view(-1).index_add_(0, target, mean.square())
+        self.cross.view(-1).index_add_(0, target, mean * mean_library[row])
+        self.library_squares.index_add_(0, atom, mean_library.square())
+        self._keep_for_ranks(mean, mean_library, row, col, atom)
 
-    def proportions(self, atoms: Sequence[int]) -> torch.Tensor:
-        """Draws of the pooled proportions of the union of ``atoms``: (K, G).
+    def log2_ratio(self, atoms1: Sequence[int], atoms2: Sequence[int]) -> np.ndarray:
+        """``log2 m_1g - log2 m_2g`` under each posterior draw: (J, G)."""
+        return (self._log2_proportions(atoms1) - self._log2_proportions(atoms2)).numpy()
+
+    def _log2_proportions(self, atoms: Sequence[int]) -> torch.Tensor:
+        """``log2`` of the pooled proportions of the union of ``atoms`` per draw: (J, G).
 
         Half a count per gene is added (and ``G / 2`` to the total), so that a gene without a
         count in a group has a finite, shrunk fold change.
         """
         index = torch.as_tensor(list(atoms), dtype=torch.int64)
-        counts = self.counts.index_select(1, index).sum(1) + _PSEUDOCOUNT  # (K, G)
-        totals = self.totals.index_select(1, index).sum(1, keepdim=True)  # (K, 1)
-        return counts / (totals + _PSEUDOCOUNT * counts.shape[-1])
+        counts = self.counts.index_select(1, index).sum(1) + _PSEUDOCOUNT  # (J, G)
+        totals = self.totals.index_select(1, index).sum(1, keepdim=True)  # (J, 1)
+        return torch.log2(counts / (totals + _PSEUDOCOUNT * counts.shape[-1]))
 
-    def pooled_counts(self, atoms: Sequence[int]) -> np.ndarray:
-        """Mean over the draws of the pooled corrected counts of ``atoms``: (G,)."""
+    def pooled(self, atoms: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled corrected counts (G,) and their proportions (G,), mean over the draws."""
         index = torch.as_tensor(list(atoms), dtype=torch.int64)
-        return self.counts.index_select(1, index).sum(1).mean(0).numpy()
+        counts = self.counts.index_select(1, index).sum(1).mean(0)  # (G,)
+        return counts.numpy(), torch.exp2(self._log2_proportions(atoms)).mean(0).numpy()
+
+    def bootstrap_var(self, atoms: Sequence[int]) -> np.ndarray:
+        """Variance of ``log2 m_g`` over Bayesian-bootstrap weights of the group's cells, to
+        first order: ``sum_n (x_ng / S_g - l_n / L)^2 / ln(2)^2`` (with the pseudocounts in
+        ``S`` and ``L``), expanded into the accumulated sums: (G,)."""
+        index = torch.as_tensor(list(atoms), dtype=torch.int64)
+        s = self.counts.index_select(1, index).sum(1).mean(0) + _PSEUDOCOUNT  # (G,)
+        n_genes = s.shape[0]
+        total = self.totals.index_select(1, index).sum(1).mean(0) + _PSEUDOCOUNT * n_genes
+        squares = self.squares.index_select(0, index).sum(0)
+        cross = self.cross.index_select(0, index).sum(0)
+        library_squares = self.library_squares[index].sum()
+        var = squares / s**2 - 2 * cross / (s * total) + library_squares / total**2
+        return (var.clamp_min(0.0) / np.log(2.0) ** 2).numpy()
 
     def scale(self, atoms: Sequence[int]) -> torch.Tensor:
         """The model's mean denoised proportions over the cells of ``atoms``: (G,)."""
         index = torch.as_tensor(list(atoms), dtype=torch.int64)
         return self.scale_sums.index_select(0, index).sum(0) / self.n_cells[index].sum()
 
-    def add_corrected(
-        self, corrected: torch.Tensor, row: torch.Tensor, col: torch.Tensor, atom: torch.Tensor
+    def _keep_for_ranks(
+        self,
+        corrected: torch.Tensor,
+        library: torch.Tensor,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        atom: torch.Tensor,
     ) -> None:
-        """Keep the log-normalized corrected non-zeros of one chunk (for :meth:`rank_cells`).
-
-        ``corrected`` (nnz,) are the counts times their posterior mean correction factors.
-        """
-        library = torch.zeros(len(atom), dtype=corrected.dtype).index_add_(0, row, corrected)
+        """Keep the log-normalized corrected non-zeros of one chunk (for :meth:`rank_cells`)."""
         value = torch.log1p(1e4 * corrected / library[row])  # (nnz,) > 0
         self._entries.append(
             (
@@ -238,17 +256,17 @@ class DifferentialExpression:
         batch_correction: bool = True,
         batches: Sequence[Any] | None = None,
         transform_covariates: Mapping[str, Any] | None = None,
-        n_samples: int = 200,
-        n_draws_per_cell: int = 10,
+        n_samples: int = 10,
         batch_size: int | None = None,
         seed: int = 0,
     ) -> pd.DataFrame:
         """Genes whose mean normalized expression differs between groups of cells.
 
         See the module :mod:`scvae.models._de` (and ``docs/math.md``) for the procedure:
-        posterior draws of each group's mean expression proportions, batch-corrected, with a
-        Bayesian bootstrap over the cells; the log2 fold change between the groups; calls at
-        a posterior expected false discovery rate.
+        each group's mean expression from its batch-corrected pooled counts, its uncertainty
+        from a Bayesian bootstrap over the cells and posterior draws of the model, a prior
+        over genes learnt from all of them, and calls at a posterior expected false discovery
+        rate.
 
         Parameters
         ----------
@@ -283,13 +301,12 @@ class DifferentialExpression:
             units), correcting each cell's counts to them as to the average batch. None:
             each cell keeps its own.
         n_samples
-            Draws of the groups' mean expression (and so of each gene's LFC).
-        n_draws_per_cell
-            Posterior draws of ``z`` per cell, decoded (under each batch) and shared by the
-            ``n_samples`` draws of the means.
+            Posterior draws of ``z`` per cell (each decoded under every batch of the
+            correction), as in :meth:`get_normalized_expression`: the model's part of the
+            uncertainty. Cost and memory grow linearly with it.
         batch_size
-            Cells per forward pass; None fits a block of ``n_draws_per_cell x cells x genes``
-            in about 32 MB.
+            Cells per forward pass; None fits a block of ``n_samples x cells x genes`` in
+            about 32 MB.
         seed
             Seeds every draw: the same seed gives the same table.
 
@@ -298,8 +315,11 @@ class DifferentialExpression:
         pandas.DataFrame
             Indexed by gene, best first (by ``proba_de``, then ``|lfc_mean|``), with columns
             ``proba_de``, ``proba_not_de``, ``bayes_factor``, ``lfc_mean``, ``lfc_median``,
-            ``lfc_std``, ``lfc_min``, ``lfc_max``, ``scale1``, ``scale2`` (posterior mean of
-            the groups' mean proportions), ``raw_mean1``, ``raw_mean2`` (mean counts),
+            ``lfc_std`` (the posterior under the prior over genes), ``lfc_raw_mean``,
+            ``lfc_raw_std`` (the estimate and its standard error before it), ``scale1``,
+            ``scale2`` (the model's mean denoised proportions), ``pooled_proportion1``,
+            ``pooled_proportion2`` (of the corrected counts), ``raw_mean1``, ``raw_mean2``
+            (mean counts),
             ``non_zeros_proportion1``, ``non_zeros_proportion2``, ``raw_normalized_mean1``,
             ``raw_normalized_mean2`` (mean counts per 10k), ``auc`` (the probability that a
             random cell of group 1 expresses the gene more than one of group 2, in batch-
@@ -328,8 +348,7 @@ class DifferentialExpression:
         if delta is not None:
             delta = checks.fraction("delta", delta, low=0.0, high=np.inf, include_low=False)
         fdr_target = checks.fraction("fdr_target", fdr_target, low=0.0, high=1.0)
-        n_samples = checks.positive_int("n_samples", n_samples, minimum=2)
-        n_draws_per_cell = checks.positive_int("n_draws_per_cell", n_draws_per_cell)
+        n_samples = checks.positive_int("n_samples", n_samples)
         batch_correction = checks.boolean("batch_correction", batch_correction)
         decode_codes = self._decode_batches(batch_correction, batches)
         if transform_covariates is not None:
@@ -343,7 +362,7 @@ class DifferentialExpression:
         for a, name in enumerate(atoms):
             atom_of_cell[labels == name] = a
         cells = np.flatnonzero(atom_of_cell >= 0)
-        draws = self._group_draws(
+        stats = self._group_stats(
             module,
             data,
             cells,
@@ -351,26 +370,29 @@ class DifferentialExpression:
             n_atoms=len(atoms),
             decode_codes=decode_codes,
             n_samples=n_samples,
-            n_draws_per_cell=n_draws_per_cell,
             batch_size=batch_size,
             seed=checks.resolve_seed(seed),
             covariates=transform_covariates,
         )
         tables = []
         for name1, atoms1, name2, atoms2 in comparisons:
-            m1, m2 = draws.proportions(atoms1), draws.proportions(atoms2)  # (K, G) each
+            (counts1, proportion1), (counts2, proportion2) = (
+                stats.pooled(atoms1),
+                stats.pooled(atoms2),
+            )
             table = _summarize(
-                (torch.log2(m1) - torch.log2(m2)).numpy(),
-                poisson_se(draws.pooled_counts(atoms1), draws.pooled_counts(atoms2)),
+                stats.log2_ratio(atoms1, atoms2),
+                stats.bootstrap_var(atoms1) + stats.bootstrap_var(atoms2),
+                poisson_se(counts1, counts2),
                 mode=mode,
                 delta=delta,
                 fdr_target=fdr_target,
             )
-            table["scale1"] = draws.scale(atoms1).numpy()
-            table["scale2"] = draws.scale(atoms2).numpy()
-            table["pooled_proportion1"] = m1.mean(0).numpy()
-            table["pooled_proportion2"] = m2.mean(0).numpy()
-            table["auc"] = draws.superiority(atoms1, atoms2)
+            table["scale1"] = stats.scale(atoms1).numpy()
+            table["scale2"] = stats.scale(atoms2).numpy()
+            table["pooled_proportion1"] = proportion1
+            table["pooled_proportion2"] = proportion2
+            table["auc"] = stats.superiority(atoms1, atoms2)
             raw1 = _raw_stats(data, np.isin(atom_of_cell, atoms1))
             raw2 = _raw_stats(data, np.isin(atom_of_cell, atoms2))
             for column in raw1:
@@ -424,7 +446,7 @@ class DifferentialExpression:
         return list(range(self.setup.n_batch))
 
     # ------------------------------------------------------------------------------ draws
-    def _group_draws(
+    def _group_stats(
         self,
         module: Any,
         data: CellData,
@@ -434,36 +456,29 @@ class DifferentialExpression:
         n_atoms: int,
         decode_codes: list[int],
         n_samples: int,
-        n_draws_per_cell: int,
         batch_size: int | None,
         seed: int,
         covariates: Mapping[str, Any] | None = None,
-    ) -> GroupDraws:
-        """``n_samples`` Bayesian-bootstrap draws of every atom's pooled corrected counts."""
+    ) -> GroupStats:
+        """One pass over the compared cells: every atom's sums (:class:`GroupStats`)."""
         n_genes = self.setup.n_genes
-        J = n_draws_per_cell
         if batch_size is None:
-            batch_size = max(1, min(1024, _BLOCK_BUDGET // (J * n_genes)))
+            batch_size = max(1, min(1024, _BLOCK_BUDGET // (n_samples * n_genes)))
         batch_size = checks.positive_int("batch_size", batch_size)
-        device = self.device
-        draws = GroupDraws.zeros(n_samples, n_atoms, n_genes)
-        generator = torch.Generator().manual_seed(seed)  # the bootstrap: on the CPU
-        with _seeded(seed, device):
+        corrects = bool(decode_codes) or covariates is not None
+        stats = GroupStats.zeros(n_samples if corrects else 1, n_atoms, n_genes)
+        with _seeded(seed, self.device):
             start = 0
             for batch in self._de_minibatches(data, cells, batch_size):
-                b = batch.n_cells
-                atom_b = torch.as_tensor(atom[start : start + b])
-                start += b
+                atom_b = torch.as_tensor(atom[start : start + batch.n_cells])
+                start += batch.n_cells
                 target = None if covariates is None else self._decode_covariates(batch, covariates)
-                rho, factor = _decoded(module, batch, J, decode_codes, target)  # (J,B,G), (J',nnz)
-                draws.add_model_means(rho.cpu(), atom_b)
-                corrected = batch.nz.x.unsqueeze(0) * factor  # (J', nnz) counts x c
-                row, col = batch.nz.row.cpu(), batch.nz.col.cpu()
-                corrected = corrected.cpu().double()
-                draws.add_bootstrap(corrected, row, col, atom_b, generator=generator)
-                draws.add_corrected(corrected.mean(0), row, col, atom_b)
-        draws.rank_cells()
-        return draws
+                rho, factor = _decoded(module, batch, n_samples, decode_codes, target)
+                stats.add_model_means(rho.cpu(), atom_b)
+                corrected = (batch.nz.x.unsqueeze(0) * factor).cpu().double()  # (J', nnz)
+                stats.add_counts(corrected, batch.nz.row.cpu(), batch.nz.col.cpu(), atom_b)
+        stats.rank_cells()
+        return stats
 
     def _de_minibatches(
         self, data: CellData, cells: np.ndarray, batch_size: int
@@ -505,8 +520,8 @@ def _decoded(
         return observation.normalized(out, 1.0), px.mean  # (J, B, G) each
 
     nz = batch.nz
-    if not decode_codes and target_covariates is None:
-        rho, _ = decode(own, batch.covariates)
+    if not decode_codes and target_covariates is None:  # nothing to correct: no means needed
+        rho = observation.normalized(module.decode(z, own, batch.covariates), 1.0)
         return rho, torch.ones(1, len(nz.x), device=z.device)
     target = batch.covariates if target_covariates is None else target_covariates
     rho, mu = None, None
@@ -586,19 +601,24 @@ def _comparisons(
 
 def _summarize(
     lfc: np.ndarray,
+    bootstrap_var: np.ndarray,
     se_floor: np.ndarray,
     *,
     mode: str,
     delta: float | None,
     fdr_target: float,
 ) -> pd.DataFrame:
-    """The per-gene table of one comparison from bootstrap draws of LFC (K, G).
+    """The per-gene table of one comparison.
 
-    The draws give each gene's estimate and standard error (at least ``se_floor``); the
-    posterior used for the probabilities and the reported LFC is that under the prior fitted
-    to all the genes (:mod:`scvae.models._shrinkage`).
+    ``lfc`` (J, G) holds the estimate under each posterior draw: their mean is the estimate
+    ``b``, their variance the model's part of its variance, ``bootstrap_var`` (G,) the
+    cells' part; the standard error ``s`` is at least ``se_floor``. The probabilities and the
+    reported LFC are the posterior under the prior fitted to all the genes
+    (:mod:`scvae.models._shrinkage`).
     """
-    b, s = lfc.mean(0), np.maximum(lfc.std(0, ddof=1), se_floor)
+    b = lfc.mean(0)
+    model_var = lfc.var(0, ddof=1) if lfc.shape[0] > 1 else np.zeros_like(b)
+    s = np.maximum(np.sqrt(bootstrap_var + model_var), se_floor)
     if delta is None:
         delta = estimate_delta(b)
     post = shrink(b, s)
@@ -607,11 +627,13 @@ def _summarize(
         proba_de = np.clip(post.proba_beyond(delta), 0.0, 1.0)  # sums of tails: round-off
         bayes_factor = np.log(proba_de + _EPS) - np.log(1.0 - proba_de + _EPS)
     else:
-        proba_m1 = np.clip(post.proba_positive(), 0.0, 1.0)
-        proba_m2 = np.clip(post.proba_negative(), 0.0, 1.0)
-        table = {"proba_m1": proba_m1, "proba_m2": 1.0 - proba_m1}
-        proba_de = np.maximum(proba_m1, proba_m2)  # 1 - the local false sign rate
-        bayes_factor = np.log(proba_m1 + _EPS) - np.log(1.0 - proba_m1 + _EPS)
+        positive = np.clip(post.proba_positive(), 0.0, 1.0)
+        negative = np.clip(post.proba_negative(), 0.0, 1.0)
+        null = np.clip(1.0 - positive - negative, 0.0, 1.0)  # the point mass at LFC = 0
+        proba_m1, proba_m2 = positive + null / 2, negative + null / 2
+        table = {"proba_m1": proba_m1, "proba_m2": proba_m2}
+        proba_de = np.maximum(positive, negative)  # 1 - the local false sign rate
+        bayes_factor = np.log(proba_m1 + _EPS) - np.log(proba_m2 + _EPS)
     out = pd.DataFrame(
         {
             "proba_de": proba_de,

@@ -33,8 +33,7 @@ def rank_genes_groups(
     batch_correction: bool = True,
     batches: Sequence[Any] | None = None,
     transform_covariates: Mapping[str, Any] | None = None,
-    n_samples: int = 200,
-    n_draws_per_cell: int = 10,
+    n_samples: int = 10,
     key_added: str = "rank_genes_groups",
     seed: int = 0,
     copy: bool = False,
@@ -86,8 +85,7 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
         ``"rest"`` (every other cell) or one group to compare each group with.
     n_genes
         Genes per group to store; None: every gene.
-    mode, delta, fdr_target, batch_correction, batches, transform_covariates, n_samples, \
-n_draws_per_cell, seed
+    mode, delta, fdr_target, batch_correction, batches, transform_covariates, n_samples, seed
         As in ``differential_expression``.
     key_added
         ``uns`` key of the result.
@@ -114,7 +112,6 @@ n_draws_per_cell, seed
         "batches": batches,
         "transform_covariates": transform_covariates,
         "n_samples": n_samples,
-        "n_draws_per_cell": n_draws_per_cell,
         "seed": seed,
     }
     if reference == REST:
