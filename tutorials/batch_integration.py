@@ -158,8 +158,8 @@ sc.pl.embedding(
 # chemistry. A test with an answer we know: CD14 monocytes of the 3' v2 protocol against CD14
 # monocytes of the 5' protocol. They are the same cell type, so the genes that "differ" are
 # the protocol's. Compared as measured (`batch_correction=False`, the pooled counts of each
-# group) 163 genes are called; with the model correcting every cell to the average protocol,
-# none.
+# group) well over a hundred genes are called; with the model correcting every cell to the
+# average protocol, almost none.
 
 # %%
 adata.obs["mono_by_protocol"] = (
