@@ -44,7 +44,6 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from scipy.stats import rankdata
 
 from scvae import checks
 from scvae.data import CellData, _obs_labels
@@ -212,15 +211,21 @@ class GroupStats:
         order = np.lexsort((value, col))  # by gene, then value
         col, atom, value = col[order], atom[order], value[order]
         starts = np.searchsorted(col, np.arange(n_genes + 1))
-        ranks = np.empty(len(value))
-        for g in range(n_genes):
-            lo, hi = starts[g], starts[g + 1]
-            n_zero = n - (hi - lo)
-            ranks[lo:hi] = rankdata(value[lo:hi]) + n_zero  # the zeros rank 1 .. n_zero
+        # rank among the gene's non-zeros (1-based, ties at their mean), above its zeros
+        new_run = np.ones(len(value), dtype=bool)
+        new_run[1:] = (col[1:] != col[:-1]) | (value[1:] != value[:-1])
+        run = np.cumsum(new_run) - 1  # tie run of each entry
+        first = np.flatnonzero(new_run)  # (runs,) position where each run starts
+        last = np.append(first[1:], len(value)) - 1
+        position = np.arange(len(value)) - starts[col]  # 0-based within the gene
+        mean_position = (position[first] + position[last]) / 2  # (runs,)
+        n_zero = n - np.diff(starts)  # (G,)
+        ranks = mean_position[run] + 1 + n_zero[col]
         zero_rank = (n - np.diff(starts) + 1) / 2  # (G,) mean rank of the tied zeros
-        nonzero = np.zeros((n_atoms, n_genes))
-        np.add.at(nonzero, (atom, col), 1.0)
-        np.add.at(self.rank_sums, (atom, col), ranks)
+        flat = atom.astype(np.int64) * n_genes + col  # (nnz,) flat (atom, gene)
+        size = n_atoms * n_genes
+        nonzero = np.bincount(flat, minlength=size).reshape(n_atoms, n_genes)
+        self.rank_sums += np.bincount(flat, weights=ranks, minlength=size).reshape(n_atoms, -1)
         self.rank_sums += (self.n_cells.numpy()[:, None] - nonzero) * zero_rank[None, :]
 
     def superiority(self, atoms1: Sequence[int], atoms2: Sequence[int]) -> np.ndarray:
