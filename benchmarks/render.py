@@ -683,6 +683,204 @@ def render_de(record: Record) -> str:
     return "\n\n".join(parts)
 
 
+# ---------------------------------------------------------------------------- label transfer
+LT_BASELINES = ("scANVI joint", "scArches (scANVI)", "logistic regression")
+LT_SCVAE = ("scvae SSVAE joint", "scvae SSVAE + map_query")
+LT_TITLES = {
+    "2source_query_zheng": "pbmc_2source_zheng_sorted: reference pbmc3k, query zheng2017_sorted",
+    "2source_query_pbmc3k": "pbmc_2source_zheng_sorted: reference zheng2017_sorted, query pbmc3k",
+    "3chem_query_5p": "pbmc_3chemistries_small: reference 3' v1 + 3' v2, query 5'",
+    "3chem_query_3pv1": "pbmc_3chemistries_small: reference 3' v2 + 5', query 3' v1",
+    "3chem_query_3pv2": "pbmc_3chemistries_small: reference 3' v1 + 5', query 3' v2",
+    "cellbench_query_dropseq": "cellbench_lung_celllines: reference the CEL-seq2 batches, "
+    "query Drop-seq",
+    "pbmc3k_half": "PBMC 3k: half the labels hidden at random (seed 0)",
+}
+
+
+def lt_data(d: dict[str, Any]) -> str:
+    """One line on a split: cells, genes, labels hidden or unseen."""
+    genes = (
+        f"{d['n_genes']:,} highly variable genes of the reference (of {d['n_genes_file']:,})"
+        if d["n_genes"] < d["n_genes_file"]
+        else f"all {d['n_genes_file']:,} genes"
+    )
+    text = f"{d['n_reference']:,} reference and {d['n_query']:,} query cells, {genes}"
+    if d["labels_hidden_too_few"]:
+        text += f"; hidden (one reference cell): {', '.join(d['labels_hidden_too_few'])}"
+    if d["n_query_unseen_type"]:
+        text += (
+            f"; {d['n_query_unseen_type']} query cells are of types the reference lacks "
+            f"({', '.join(d['query_unseen_types'])}): errors for every method"
+        )
+    return text + "."
+
+
+def lt_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A split's table: accuracy, macro-F1, ECE, fit and map seconds per method."""
+    out = []
+    for method, r in rows.items():
+        if "error" in r:
+            out.append([method, f"crashed: `{r['error'][:160]}`", "", "", "", ""])
+            continue
+        fit = f"{r['fit_s']:.1f}" if r.get("fit_s") is not None else "-"
+        if method.startswith("15-NN"):
+            fit = f"({fit})"
+        out.append(
+            [
+                method,
+                f"{r['accuracy']:.3f}",
+                f"{r['macro_f1']:.3f}",
+                f"{r['ece']:.3f}",
+                fit,
+                f"{r['map_s']:.2f}",
+            ]
+        )
+    header = ["method", "accuracy", "macro-F1", "ECE", "fit s", "map s"]
+    return md_table(header, out, "lrrrrr")
+
+
+def _versus(value: float, best: float) -> str:
+    """``"0.878 vs 0.888"``; four decimals where three would read as a tie."""
+    digits = 4 if f"{value:.3f}" == f"{best:.3f}" and value != best else 3
+    return f"{value:.{digits}f} vs {best:.{digits}f}"
+
+
+def lt_targets(record: Record) -> list[str]:
+    """The issue's targets against what was measured, per split."""
+    rows = []
+    missed: dict[str, set[str]] = {m: set() for m in LT_SCVAE}
+    for split in record["splits"]:
+        r = split["rows"]
+        where = f"{split['name']} ({split['data']['n_query']:,})"
+        base = [v for m, v in r.items() if m.startswith(LT_BASELINES) and "error" not in v]
+        best_acc = max((b["accuracy"] for b in base), default=float("nan"))
+        best_f1 = max((b["macro_f1"] for b in base), default=float("nan"))
+        for method in LT_SCVAE:
+            m = r.get(method, {"error": "not run"})
+            if "error" in m:
+                rows.append([where, method, "crashed", "", ""])
+                missed[method] |= {"accuracy", "macro-F1", "ECE"}
+                continue
+            ok_acc = "met" if m["accuracy"] >= best_acc else "missed"
+            ok_f1 = "met" if m["macro_f1"] >= best_f1 else "missed"
+            ok_ece = "met" if m["ece"] <= 0.05 else "missed"
+            for target, ok in (("accuracy", ok_acc), ("macro-F1", ok_f1), ("ECE", ok_ece)):
+                if ok == "missed":
+                    missed[method].add(target)
+            rows.append(
+                [
+                    where,
+                    method,
+                    f"{_versus(m['accuracy'], best_acc)}: {ok_acc}",
+                    f"{_versus(m['macro_f1'], best_f1)}: {ok_f1}",
+                    f"{m['ece']:.3f}: {ok_ece}",
+                ]
+            )
+    header = [
+        "split (query cells)",
+        "scvae",
+        "accuracy vs best baseline",
+        "macro-F1 vs best baseline",
+        "ECE (target <= 0.05)",
+    ]
+    out = [
+        "Targets of the issue: accuracy and macro-F1 at least the best of scANVI (joint), "
+        "scArches and logistic regression on every split; expected calibration error at most "
+        "0.05; mapping a 10k-cell query in under a minute on this CPU. The best baseline is "
+        "the best of those rows that did not crash, the `batch_size` workaround rows included.",
+        md_table(header, rows, "lllll"),
+    ]
+    for method, targets in missed.items():
+        verdict = (
+            "missed on at least one split: "
+            + ", ".join(t for t in ("accuracy", "macro-F1", "ECE") if t in targets)
+            if targets
+            else "met on every split"
+        )
+        out.append(f"{method}: the accuracy, macro-F1 and ECE targets are {verdict}.")
+    split = next((s for s in record["splits"] if s.get("large_query")), None)
+    if split:
+        out += lt_large(split, record["settings"].get("large_split", split["name"]))
+    return out
+
+
+def lt_large(split: dict[str, Any], where: str) -> list[str]:
+    """The 10k-cell mapping, every time it was measured, against the one-minute target."""
+    runs = [split["large_query"], *split.get("large_query_repeats", [])]
+    rows, met = [], 0
+    for i, run in enumerate(runs):
+        label = "after the split's fits" if i == 0 else f"repeat {i}, a process of its own"
+        if "error" in run:
+            rows.append([label, f"crashed: `{run['error'][:160]}`", "", "", "", "", ""])
+            continue
+        ok = run["map_s"] < 60
+        met += ok
+        cpu = f"{run['map_cpu_s']:.1f}" if "map_cpu_s" in run else "-"
+        rows.append(
+            [
+                label,
+                f"{run['map_query_s']:.1f}",
+                f"{run['map_epochs']} of {run['max_epochs']}",
+                f"{run['predict_s']:.1f}",
+                f"{run['map_s']:.1f}",
+                cpu,
+                f"{run['load_before']} / {run['load_after']}",
+            ]
+        )
+    n = runs[0].get("n_cells", 10_000)
+    header = ["run", "map_query s", "epochs", "predict s", "total s", "CPU s", "load before/after"]
+    verdict = "met" if met == len(runs) else f"missed ({met} of {len(runs)} runs under 60 s)"
+    return [
+        f"Mapping a {n:,}-cell query (the query cells of {where} resampled with replacement "
+        f"and binomially thinned, a new batch) onto that split's SSVAE reference with "
+        f"`map_query`'s defaults (early stopping) and predicting it; CPU s: the process's CPU "
+        f"time over both, on the 2 shared cores. Target under 60 s: {verdict}.",
+        md_table(header, rows, "lrrrrrr"),
+    ]
+
+
+def render_label_transfer(record: Record) -> str:
+    """The generated part of "Label transfer"."""
+    s = record["settings"]
+    scvi = record.get("scvi_versions") or {}
+    parts = [
+        f"{_provenance(record)}. Machine: {record['machine']}; load average "
+        f"{record['load_before']} before, {record['load_after']} after.",
+        f"Versions: {versions_text(record['versions'])}; scvi-tools: {versions_text(scvi)}.",
+        f"Settings: SSVAE and SCVI {s['max_epochs']} epochs (each tool's other defaults: "
+        f"validation split 0.1, scvae's early stopping, scvi-tools' KL warm-up), scANVI "
+        f"{s['scanvi_epochs']} epochs with `n_samples_per_label={s['n_samples_per_label']}`, "
+        f"query mapping at most {s['query_epochs']} epochs (scvae `map_query`, early stopping "
+        f"by default; scvi-tools `load_query_data` + `train(plan_kwargs=dict(weight_decay=0.0))`"
+        f"), seed {s['seed']}, {s['threads']} torch thread(s) per tool"
+        + (", the two tools' processes at the same time" if s["parallel"] else "")
+        + f". ECE: {s['ece_bins']} equal-width bins of the top probability (15-NN: the vote "
+        f"share of the top label). Logistic regression: `LogisticRegression(max_iter=1000)` on "
+        f"log1p(counts per 10,000). {s['k']}-NN: majority vote of the reference cells. fit s: "
+        f"training (joint: reference + query; otherwise the reference; scANVI: SCVI and SCANVI "
+        f"together; 15-NN rows: the SSVAE that made the latent, in brackets); map s: mapping "
+        f"and prediction of the query (joint models: prediction only).",
+    ]
+    for split in record["splits"]:
+        mapped = split["rows"].get("scvae SSVAE + map_query", {})
+        note = []
+        if mapped.get("n_new_batches") == 0:
+            note = [
+                "The query's batch is the reference's: scvae's `map_query` has no new batch "
+                "to learn and trains nothing (the reference SSVAE predicts the query); "
+                "scvi-tools' `load_query_data` + `train` still trains its query parameters."
+            ]
+        parts += [
+            f"### {LT_TITLES.get(split['name'], split['name'])}",
+            lt_data(split["data"]),
+            lt_table(split["rows"]),
+            *note,
+        ]
+    parts += ["### Against the targets", *lt_targets(record)]
+    return "\n\n".join(parts)
+
+
 # ------------------------------------------------------------------------------------- main
 #: record name -> (heading of its docs section, renderer)
 SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
@@ -693,6 +891,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "gmm_speed": ("## GMM: scvae against scikit-learn", render_gmm_speed),
     "defaults": ("## Training defaults", render_defaults),
     "de": ("## Differential expression", render_de),
+    "label_transfer": ("## Label transfer", render_label_transfer),
 }
 
 
