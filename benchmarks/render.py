@@ -644,11 +644,7 @@ def de_time_table(t: dict[str, Any]) -> list[str]:
             f"scvae, n_samples={t['scvae_default_n_samples']} (default)",
             _fmt_range(t["scvae_default"]),
         ],
-        *(
-            [[f"scvae, n_samples={t['same_n_samples']}", _fmt_range(t["scvae_same"])]]
-            if t.get("scvae_same")
-            else []
-        ),
+        *([[_same_label(t), _fmt_range(t["scvae_same"])]] if t.get("scvae_same") else []),
         [
             f"scvi-tools, n_samples_overall={t['scvi_default_n_samples']} (default)",
             _fmt_range(t["scvi_default"]),
@@ -665,8 +661,21 @@ def de_time_table(t: dict[str, Any]) -> list[str]:
         f"{t['load_before']}.",
         md_table(["DE of every type against the rest", "seconds"], rows, "lr"),
         f"scvi-tools / scvae time: {ratio_default:.2f}x at each tool's default, "
-        f"{ratio_same:.2f}x at {t['same_n_samples']:,} samples each.",
+        f"{ratio_same:.2f}x at the same number of decoded samples"
+        + (
+            f" ({t['n_groups']} x 2 x {t['same_n_samples']:,} in all)."
+            if "scvae_same_n_samples_per_cell" in t
+            else f" ({t['same_n_samples']:,} samples each)."
+        ),
     ]
+
+
+def _same_label(t: dict[str, Any]) -> str:
+    """The scvae row timed at scvi-tools' number of samples (per cell in newer records)."""
+    per_cell = t.get("scvae_same_n_samples_per_cell")
+    if per_cell:
+        return f"scvae, n_samples={per_cell} per cell (as many decoded samples as scvi-tools)"
+    return f"scvae, n_samples={t['same_n_samples']}"
 
 
 def render_de(record: Record) -> str:
