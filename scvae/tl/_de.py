@@ -10,8 +10,8 @@ import pandas as pd
 from anndata import AnnData
 
 from scvae import checks
-from scvae.data import check_writable
-from scvae.models._de import REST, posterior_fdr
+from scvae.data import _label_string, check_writable
+from scvae.models._de import REST, _group_labels, posterior_fdr
 
 __all__ = ["rank_genes_groups"]
 
@@ -124,8 +124,9 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
         per_group = {name: t for name, t in table.groupby("group1", sort=False)}
     else:
         per_group = {}
-        for name in _group_names(adata, groupby):
-            if name != str(reference):
+        reference_name = _label_string(reference)
+        for name in sorted(set(_group_labels(adata, groupby)) - {None}):
+            if name != reference_name:
                 per_group[name] = model.differential_expression(
                     adata, groupby=groupby, group1=name, group2=reference, **options
                 )
@@ -159,13 +160,6 @@ differential_expression>` (batch-corrected posterior of each group's mean expres
         },
     )
     return adata if copy else None
-
-
-def _group_names(adata: AnnData, groupby: str) -> list[str]:
-    column = adata.obs[groupby] if groupby in adata.obs else None
-    if column is None:
-        raise KeyError(f"groupby={groupby!r} is not a column of adata.obs.")
-    return sorted({str(v) for v in column.dropna()})
 
 
 def _scanpy_structure(
