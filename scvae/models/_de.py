@@ -379,6 +379,7 @@ class DifferentialExpression:
             seed=checks.resolve_seed(seed),
             covariates=transform_covariates,
         )
+        raw, n_cells = _raw_sums(data, atom_of_cell, len(atoms))  # once for every comparison
         tables = []
         for name1, atoms1, name2, atoms2 in comparisons:
             (counts1, proportion1), (counts2, proportion2) = (
@@ -398,11 +399,9 @@ class DifferentialExpression:
             table["pooled_proportion1"] = proportion1
             table["pooled_proportion2"] = proportion2
             table["auc"] = stats.superiority(atoms1, atoms2)
-            raw1 = _raw_stats(data, np.isin(atom_of_cell, atoms1))
-            raw2 = _raw_stats(data, np.isin(atom_of_cell, atoms2))
-            for column in raw1:
-                table[f"{column}1"] = raw1[column]
-                table[f"{column}2"] = raw2[column]
+            for column, per_atom in raw.items():
+                table[f"{column}1"] = per_atom[atoms1].sum(0) / n_cells[atoms1].sum()
+                table[f"{column}2"] = per_atom[atoms2].sum(0) / n_cells[atoms2].sum()
             table.index = pd.Index(self.var_names, name=None)
             table = _ordered(table, mode)
             if group1 is None:
@@ -722,16 +721,25 @@ def estimate_delta(lfc_mean: np.ndarray, *, floor: float = 0.1) -> float:
     return float(max(floor, abs(mu[c]) + 2.0 * sd[c]))
 
 
-def _raw_stats(data: CellData, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean counts, fraction of cells with a count, and mean counts per 10k, per gene."""
-    X = data.X[mask]
-    n = X.shape[0]
-    normalized = sp.diags(1e4 / data.library_size[mask]) @ X
-    return {
-        "raw_mean": np.asarray(X.sum(0)).ravel() / n,
-        "non_zeros_proportion": np.asarray((X > 0).sum(0)).ravel() / n,
-        "raw_normalized_mean": np.asarray(normalized.sum(0)).ravel() / n,
+def _raw_sums(
+    data: CellData, atom_of_cell: np.ndarray, n_atoms: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per atom (A, G): the sums of the counts, of the cells with a count and of the counts per
+    10k; and the cells of each atom (A,). Divided by a group's cells, they are its means."""
+    member = atom_of_cell >= 0
+    rows = np.flatnonzero(member)
+    indicator = sp.csr_matrix(
+        (np.ones(len(rows)), (atom_of_cell[member], rows)), shape=(n_atoms, len(atom_of_cell))
+    )  # (A, N): which atom each cell is in
+    X = data.X
+    normalized = sp.diags(1e4 / data.library_size) @ X
+    raw = {
+        "raw_mean": indicator @ X,
+        "non_zeros_proportion": indicator @ (X > 0).astype(np.float64),
+        "raw_normalized_mean": indicator @ normalized,
     }
+    dense = {k: np.asarray(v.toarray() if sp.issparse(v) else v) for k, v in raw.items()}
+    return dense, np.bincount(atom_of_cell[member], minlength=n_atoms).astype(np.float64)
 
 
 def _ordered(table: pd.DataFrame, mode: str) -> pd.DataFrame:
