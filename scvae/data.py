@@ -830,6 +830,27 @@ class CellData:
         return np.asarray(per_entry.sum(axis=1), dtype=np.float32).ravel()
 
 
+def _is_backed(adata: AnnData) -> bool:
+    _check_anndata(adata)
+    return adata.isbacked
+
+
+def _backed_counts(
+    adata: AnnData, layer: str | None, *, counts: bool, nonnegative: bool
+) -> tuple[object, np.ndarray]:
+    """The counts of a backed AnnData, validated on disk, and the library sizes."""
+    from scvae.backed import read_backed_counts
+
+    return read_backed_counts(adata, layer, counts=counts, nonnegative=nonnegative)
+
+
+def _cell_data_class(X: object) -> type[CellData]:
+    """:class:`CellData`, or :class:`scvae.backed.BackedCellData` for counts on disk."""
+    from scvae.backed import BackedCellData, BackedCounts
+
+    return BackedCellData if isinstance(X, BackedCounts) else CellData
+
+
 def read_training_data(
     adata: AnnData,
     *,
@@ -839,6 +860,7 @@ def read_training_data(
     nonnegative: bool = True,
     categorical_covariate_keys: Sequence[str] | None = None,
     continuous_covariate_keys: Sequence[str] | None = None,
+    backed: bool = False,
 ) -> tuple[DataSetup, CellData]:
     """Validate a training AnnData and read it, without modifying it.
 
@@ -860,6 +882,9 @@ def read_training_data(
     continuous_covariate_keys
         ``obs`` columns of numeric covariates (not constant), standardized by their training
         mean and standard deviation, or None.
+    backed
+        Accept an AnnData backed on disk (``read_h5ad(path, backed="r")``): its counts are
+        validated block by block and stay in the file (:mod:`scvae.backed`); False refuses it.
 
     Returns
     -------
@@ -880,9 +905,12 @@ def read_training_data(
         categorical_covariate_keys, continuous_covariate_keys, batch_key
     )
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    csr = _to_csr(_get_matrix(adata, layer))
-    _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
-    totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
+    if backed and _is_backed(adata):
+        csr, totals = _backed_counts(adata, layer, counts=counts, nonnegative=nonnegative)
+    else:
+        csr = _to_csr(_get_matrix(adata, layer))
+        _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
+        totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
     codes, categories = _batch_codes(adata, batch_key, None)
     covariates = _training_covariates(adata, categorical_keys, continuous_keys)
     categorical, continuous = _read_covariates(adata, covariates)
@@ -893,7 +921,7 @@ def read_training_data(
         var_names=tuple(str(v) for v in adata.var_names),
         covariates=covariates,
     )
-    return setup, CellData(
+    return setup, _cell_data_class(csr)(
         X=csr,
         batch_index=codes,
         library_size=totals,
@@ -909,6 +937,7 @@ def read_query_data(
     counts: bool = True,
     nonnegative: bool = True,
     align_genes: bool = False,
+    backed: bool = False,
 ) -> CellData:
     """Validate new cells against what a model was trained on and read them.
 
@@ -924,6 +953,9 @@ def read_query_data(
         Align the genes to ``setup.var_names`` by name, as :func:`read_mapping_data` does
         (a mapped model reads its query this way); by default the genes must be those of
         training, in order.
+    backed
+        Accept an AnnData backed on disk, as in :func:`read_training_data` (not with
+        ``align_genes``).
 
     Raises
     ------
@@ -956,6 +988,11 @@ def read_query_data(
             "adata[:, model.var_names] (genes missing from adata cannot be scored)."
         )
     where = "adata.X" if setup.layer is None else f"adata.layers[{setup.layer!r}]"
+    if backed and _is_backed(adata):
+        X, totals = _backed_counts(adata, setup.layer, counts=counts, nonnegative=nonnegative)
+        return _query_cells(
+            adata, setup, X, where, counts=counts, nonnegative=nonnegative, totals=totals
+        )
     csr = _to_csr(_get_matrix(adata, setup.layer))
     return _query_cells(adata, setup, csr, where, counts=counts, nonnegative=nonnegative)
 
@@ -968,16 +1005,19 @@ def _query_cells(
     *,
     counts: bool,
     nonnegative: bool,
+    totals: np.ndarray | None = None,
 ) -> CellData:
-    """The :class:`CellData` of query cells whose counts (in the model's genes) are ``csr``."""
-    _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
-    totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
+    """The :class:`CellData` of query cells whose counts (in the model's genes) are ``csr``;
+    ``totals`` given: the counts were validated already (backed on disk)."""
+    if totals is None:
+        _check_values(csr, where=where, counts=counts, nonnegative=nonnegative or counts)
+        totals = _check_cells(csr, where=where) if counts else np.ones(csr.shape[0])
     if setup.batch_key is not None:
         codes, _ = _batch_codes(adata, setup.batch_key, setup.batch_categories)
     else:
         codes = np.zeros(adata.n_obs, dtype=np.int64)
     categorical, continuous = _read_covariates(adata, setup.covariates)
-    return CellData(
+    return _cell_data_class(csr)(
         X=csr,
         batch_index=codes,
         library_size=totals,
@@ -991,6 +1031,11 @@ def log_normalize(data: CellData, *, target_sum: float = 1e4) -> CellData:
 
     The same transform as ``sc.pp.normalize_total(target_sum=1e4)`` then ``sc.pp.log1p``.
     """
+    if not sp.issparse(data.X):
+        raise ValueError(
+            "Log-normalizing (GaussianVAE, PPCA, factor analysis) is not supported for an "
+            "AnnData backed on disk; load it into memory first with adata = adata.to_memory()."
+        )
     X = data.X.copy()
     scale = np.repeat(target_sum / data.library_size, np.diff(X.indptr))  # (nnz,)
     X.data = np.log1p(X.data * scale).astype(np.float32)

@@ -46,7 +46,7 @@ import torch
 from anndata import AnnData
 
 from scvae import checks
-from scvae.data import CellData, _obs_labels
+from scvae.data import CellData, _obs_labels, check_in_memory
 from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
 from scvae.models._shrinkage import shrink
 from scvae.models._vae_queries import _seeded
@@ -414,6 +414,9 @@ class DifferentialExpression:
     # ------------------------------------------------------------------------------ inputs
     def _de_cells(self, adata: AnnData | None) -> tuple[AnnData, CellData]:
         """The AnnData naming the groups and its validated cells."""
+        source = adata if adata is not None else self._adata
+        if source is not None:  # the raw means read the whole matrix: in memory only
+            check_in_memory(source)
         if adata is None:
             if self._adata is None:
                 raise ValueError(

@@ -20,6 +20,7 @@ import torch
 from anndata import AnnData
 
 from scvae import checks
+from scvae.backed import minibatches
 from scvae.data import (
     CellData,
     DataSetup,
@@ -30,7 +31,7 @@ from scvae.data import (
     read_training_data,
 )
 from scvae.distributions import ObservationModel, observation_model
-from scvae.minibatch import CSRMinibatches, Minibatch, sparse_input_pays
+from scvae.minibatch import Minibatch, sparse_input_pays
 from scvae.models._de import DifferentialExpression
 from scvae.models._io import SavedModel
 from scvae.models._vae_config import VAEConfig
@@ -121,6 +122,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             nonnegative=counts,
             categorical_covariate_keys=categorical_covariate_keys,
             continuous_covariate_keys=continuous_covariate_keys,
+            backed=True,
         )
         self._init_state(setup, config, data=self._transform(data, config))
         self._obs_names = pd.Index(adata.obs_names)
@@ -459,7 +461,12 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
     def _read_query(self, adata: AnnData) -> CellData:
         counts = self._reads_counts(self.config)
         data = read_query_data(
-            adata, self.setup, counts=counts, nonnegative=counts, align_genes=self._align_genes
+            adata,
+            self.setup,
+            counts=counts,
+            nonnegative=counts,
+            align_genes=self._align_genes,
+            backed=True,
         )
         return self._transform(data, self.config)
 
@@ -471,7 +478,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         module = self._trained_module().to(self.device).eval()
         batch_size = checks.positive_int("batch_size", batch_size)
         module.sparse_input = sparse_input_pays(data, self.device)
-        loader = CSRMinibatches(
+        loader = minibatches(  # in memory, or read in blocks from a backed AnnData
             data,
             np.arange(data.X.shape[0]),
             batch_size=batch_size,

@@ -211,7 +211,12 @@ def _fingerprint(data: CellData, config: TrainConfig, module_options: dict[str, 
     X = data.X
     step = max(1, X.nnz // 1_000_000)  # a sample of the values keeps this fast at atlas size
     digest = hashlib.blake2b(digest_size=16)
-    for array in (X.indptr, X.indices[::step], X.data[::step], data.batch_index):
+    arrays = (
+        X.fingerprint_arrays()  # counts on disk (scvae.backed): their per-cell vectors
+        if hasattr(X, "fingerprint_arrays")
+        else (X.indptr, X.indices[::step], X.data[::step])
+    )
+    for array in (*arrays, data.batch_index):
         digest.update(np.ascontiguousarray(array).tobytes())
     options = config.to_dict()
     for name in ("progress_bar", "accelerator", "devices", "checkpoint_dir"):

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from scvae.backed import BlockMinibatches, minibatches
 from scvae.data import CellData
 from scvae.minibatch import CSRMinibatches
 from scvae.train._callbacks import (
@@ -33,7 +34,9 @@ __all__ = ["TrainConfig", "TrainResult", "recalibrate_batchnorm", "train_vae"]
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(module: nn.Module, loader: CSRMinibatches) -> None:
+def recalibrate_batchnorm(
+    module: nn.Module, loader: CSRMinibatches | BlockMinibatches
+) -> None:
     """Recompute every BatchNorm's running statistics exactly for the final weights.
 
     Running means and variances are exponential averages over past steps, so eval-mode outputs
@@ -205,12 +208,12 @@ def train_vae(
     # early stopping needs validation cells: with train_size=1.0 it is off (recorded)
     early_stopping = config.early_stopping and len(val_idx) > 0
     max_epochs = config.max_epochs or default_max_epochs(n_cells)
-    train_loader = CSRMinibatches(
+    train_loader = minibatches(
         data, train_idx, batch_size=config.batch_size, shuffle=True, drop_last=True,
         seed=config.seed,
     )  # fmt: skip
     val_loader = (
-        CSRMinibatches(data, val_idx, batch_size=max(config.batch_size, 1024), shuffle=False)
+        minibatches(data, val_idx, batch_size=max(config.batch_size, 1024), shuffle=False)
         if len(val_idx)
         else None
     )
