@@ -390,9 +390,9 @@ class BlockMinibatches:
             )
         self.indices = self._all_indices[rank::world_size]
         self.shard_of = (rank, world_size)
+        self.generator = torch.Generator().manual_seed(self.seed + rank)
         if self.shuffle:
             self._set_count(n_all // world_size)
-            self.generator = torch.Generator().manual_seed(self.seed + rank)
         else:  # the same number of minibatches on every rank (the largest shard's)
             largest = -(-n_all // world_size)
             self._n_batches = max(1, min(-(-largest // self.batch_size), n_all // world_size))
