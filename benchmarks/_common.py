@@ -464,8 +464,32 @@ class WorkerError(RuntimeError):
     """A worker process failed; the message ends with the tail of its output."""
 
 
+class WorkerTimeout(WorkerError):
+    """A worker process ran past its time limit and was killed."""
+
+
+def python_imports(python: Path | str, module: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``python -c "import <module>"`` succeeds (nothing is installed)."""
+    try:
+        done = subprocess.run(
+            [str(python), "-c", f"import {module}"],
+            capture_output=True,
+            env=None if env is None else dict(env),
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 def run_worker(
-    tool: str, job: Mapping[str, Any], out: Path, *, scvi_venv: Path = SCVI_VENV
+    tool: str,
+    job: Mapping[str, Any],
+    out: Path,
+    *,
+    scvi_venv: Path = SCVI_VENV,
+    scvi_python: Path | str | None = None,
+    timeout: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one job in a fresh process of the tool's worker and read what it wrote.
 
@@ -484,6 +508,11 @@ def run_worker(
         Path stem of the job's files.
     scvi_venv
         The scvi-tools environment.
+    scvi_python
+        An interpreter that already imports scvi-tools (e.g. on a machine without network,
+        where the environment cannot be created); None: ``scvi_venv``'s, created when missing.
+    timeout
+        Seconds the worker may run (None: no limit); past it the worker is killed.
 
     Returns
     -------
@@ -493,22 +522,33 @@ def run_worker(
     Raises
     ------
     WorkerError
-        The worker exited with an error.
+        The worker exited with an error, or ran past ``timeout`` (then
+        :class:`WorkerTimeout`).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     job_path = out.with_suffix(".job.json")
     job_path.write_text(json.dumps(dict(job), indent=1))
     if tool == "scvi":
-        command = [str(ensure_scvi_venv(scvi_venv)), str(SCVI_WORKER)]
+        python = scvi_python if scvi_python is not None else ensure_scvi_venv(scvi_venv)
+        command = [str(python), str(SCVI_WORKER)]
     elif tool == "scvae":
         command = [sys.executable, str(SCVAE_WORKER)]
     else:
         raise ValueError(f"tool must be 'scvae' or 'scvi', got {tool!r}")
     command += ["--job", str(job_path), "--out", str(out)]
-    done = subprocess.run(
-        command, env=thread_env(int(job.get("threads", 1))), capture_output=True, text=True
-    )
+    try:
+        done = subprocess.run(
+            command,
+            env=thread_env(int(job.get("threads", 1))),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise WorkerTimeout(
+            f"{tool} worker ran past {timeout:.0f} s ({shlex.join(command)})"
+        ) from err
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
         raise WorkerError(f"{tool} worker failed ({shlex.join(command)}):\n{tail}")
@@ -593,6 +633,102 @@ def epoch_clock(timer: Callable[[], float] = time.perf_counter):  # -> lightning
             self.validation_times.append(self._validation)
 
     return EpochClock()
+
+
+def step_clock(warmup_steps: int, timed_s: float, max_timed_steps: int):  # -> Callback
+    """A Lightning callback that times optimizer steps after a warm-up, then stops the fit.
+
+    The clock starts after ``warmup_steps`` training steps and stops after ``max_timed_steps``
+    more or once ``timed_s`` seconds have passed, whichever comes first; then it sets
+    ``trainer.should_stop`` (Lightning ends the fit after that step). On a CUDA module the
+    device is synchronized at both ends of the window (and nowhere else), so the window holds
+    the finished work of exactly the steps counted. Only public hooks are used: the same
+    callback serves scvae and scvi-tools.
+
+    Parameters
+    ----------
+    warmup_steps
+        Untimed steps first (at least 1: the first step builds kernels and caches).
+    timed_s
+        Seconds to time at most.
+    max_timed_steps
+        Steps to time at most.
+
+    Returns
+    -------
+    lightning.pytorch.Callback
+        With ``steps`` and ``cells`` (timed), ``seconds`` (None until the window closed) and
+        ``cells_per_s``.
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    def n_cells(batch: Any) -> int:
+        if hasattr(batch, "n_cells"):  # scvae's Minibatch
+            return int(batch.n_cells)
+        if isinstance(batch, Mapping):  # scvi-tools' dict of tensors
+            return int(next(iter(batch.values())).shape[0])
+        return int(batch[0].shape[0])
+
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.steps = self.cells = self._seen = 0
+            self.seconds: float | None = None
+            self._start: float | None = None
+
+        @property
+        def cells_per_s(self) -> float | None:
+            return None if not self.seconds else self.cells / self.seconds
+
+        @staticmethod
+        def _sync(pl_module) -> None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self.seconds is not None:
+                return
+            self._seen += 1
+            if self._start is None:
+                if self._seen >= max(1, warmup_steps):
+                    self._sync(pl_module)
+                    self._start = time.perf_counter()
+                return
+            self.steps += 1
+            self.cells += n_cells(batch)
+            # the host clock is read without a sync: it only decides when to stop
+            if self.steps >= max_timed_steps or time.perf_counter() - self._start >= timed_s:
+                self._sync(pl_module)
+                self.seconds = time.perf_counter() - self._start
+                trainer.should_stop = True
+
+    return StepClock()
+
+
+def cuda_peak_gb(reset: bool = False) -> float | None:
+    """Peak memory torch allocated on the current CUDA device, in GiB (None without CUDA).
+
+    ``torch.cuda.max_memory_allocated``: tensors only, not the allocator's cache or the CUDA
+    context. ``reset=True`` returns None and starts a new peak.
+    """
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        if reset and torch.cuda.is_available():
+            torch.cuda.init()
+            torch.cuda.reset_peak_memory_stats()
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def cuda_device_name() -> str | None:
+    """``torch.cuda.get_device_name()`` of the current device, or None without CUDA."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def steady_rate(cells_per_epoch: float, epoch_times: Sequence[float]) -> float:

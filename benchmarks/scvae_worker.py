@@ -36,31 +36,45 @@ Job keys (missing keys take the value in brackets)
     ``"heldout"`` cells.
 ``accelerator`` ["cpu"], ``threads`` [1], ``seed`` [0]
     Device, torch threads, seed of the fit and of the scoring.
+``throughput`` [null]
+    Instead of one fit: ``{"batch_sizes": [...], "warmup_steps": W, "timed_s": T,
+    "max_timed_steps": S}`` fits the ``"same"`` model once per batch size on every cell and
+    times the steps after ``W`` warm-up steps, for ``T`` seconds or ``S`` steps, whichever
+    comes first (``_common.step_clock``), then stops the fit. Each batch size's row (cells/s,
+    timed steps and cells, peak GPU memory, fit wall time, or the error) is written to
+    ``STEM.json`` as soon as it is measured, so a worker killed at a time limit leaves the
+    rows it finished. ``scvi_worker.py`` reads the same key.
 
 Output
 ------
 ``STEM.json``: tool, versions, fit wall time, epochs, cells, peak resident memory at the end of
-the fit (``VmHWM``: imports, data and fit), epoch times, the per-epoch validation ELBO (from
-``model.history``) when there is a validation split, notes. ``STEM.npz``: ``heldout_ll``,
-``heldout_elbo``, ``latent``, and with a validation split ``train_indices`` and
-``validation_indices`` (so that scvi-tools can be given the same cells).
+the fit (``VmHWM``: imports, data and fit), on a GPU the peak GPU memory of the fit
+(``peak_gpu_gb``, ``torch.cuda.max_memory_allocated``) and the GPU's name, epoch times, the
+per-epoch validation ELBO (from ``model.history``) when there is a validation split, notes.
+``STEM.npz``: ``heldout_ll``, ``heldout_elbo``, ``latent``, and with a validation split
+``train_indices`` and ``validation_indices`` (so that scvi-tools can be given the same cells).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _common import (
+    cuda_device_name,
+    cuda_peak_gb,
     epoch_clock,
     fit_summary,
     load_average,
     peak_rss_gb,
     read_job,
     read_split,
+    step_clock,
     versions,
     write_worker_output,
 )
@@ -124,10 +138,12 @@ def fit_zinbvae(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         model = scvae.ZINBVAE(train, batch_key=batch_key)
         fit = {"max_epochs": job.get("defaults_max_epochs"), **job.get("overrides", {})}
     load_before = load_average()
+    cuda_peak_gb(reset=True)
     t0 = time.perf_counter()
     model.fit(**fit, **run)
     fit_time = time.perf_counter() - t0
     peak = peak_rss_gb()
+    peak_gpu = cuda_peak_gb()
     load_after = load_average()
     facts = fit_summary(model)
     history = model.history
@@ -172,12 +188,110 @@ def fit_zinbvae(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "validation_elbo": validation_elbo,
         "load_before_after": [load_before, load_after],
     }
+    if peak_gpu is not None:
+        meta["peak_gpu_gb"] = peak_gpu
+        meta["gpu"] = cuda_device_name()
     if clock is not None:
         meta["epoch_times"] = clock.epoch_times
         meta["validation_times"] = clock.validation_times
         # every minibatch is full except perhaps the last: at most the training cells
         meta["cells_per_epoch"] = min(n_fit, clock.n_batches * fit.get("batch_size", 128))
     return meta, arrays
+
+
+def fit_epochs(n_cells: int, batch_size: int, steps: int) -> int:
+    """Epochs enough for ``steps`` optimizer steps over ``n_cells`` cells (one spare)."""
+    return math.ceil(steps / max(1, math.ceil(n_cells / batch_size))) + 1
+
+
+def throughput_zinbvae(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Cells per second of the ``"same"`` ZINBVAE at each of the job's batch sizes.
+
+    The counts are read and validated once; each batch size is a fresh fit of the same model
+    (``fit`` builds a new module) that ``_common.step_clock`` times and stops. The rows are
+    written to ``out`` after each batch size.
+
+    Parameters
+    ----------
+    job
+        See the module docstring (``throughput``).
+    out
+        The output stem.
+
+    Returns
+    -------
+    dict
+        ``tool``, ``rows`` (one per batch size: ``batch_size``, ``steps``, ``cells``,
+        ``seconds``, ``cells_per_s``, ``peak_gpu_gb``, ``fit_wall_s``, or ``error``),
+        ``n_cells``, ``n_genes``, ``nnz``, ``read_s``, ``gpu``, ``peak_rss_gb``, ``versions``.
+    """
+    import anndata as ad
+    import torch
+
+    import scvae
+
+    spec = job["throughput"]
+    torch.set_num_threads(int(job.get("threads", 1)))
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(job["h5ad"])
+    model = scvae.ZINBVAE(
+        adata,
+        batch_key=job.get("batch_key"),
+        n_latent=job.get("n_latent", 10),
+        n_hidden=job.get("n_hidden", 128),
+        n_layers=job.get("n_layers", 1),
+        dropout_rate=job.get("dropout_rate", 0.1),
+        dispersion="gene",
+        library="latent",
+    )
+    meta: dict[str, Any] = {
+        "tool": f"scvae {scvae.__version__} ZINBVAE",
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "nnz": int(adata.X.nnz),
+        "read_s": time.perf_counter() - t0,
+        "gpu": cuda_device_name() if job.get("accelerator", "cpu") != "cpu" else None,
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions(),
+        "rows": [],
+    }
+    del adata
+    warmup, max_steps = int(spec["warmup_steps"]), int(spec["max_timed_steps"])
+    for batch_size in spec["batch_sizes"]:
+        row: dict[str, Any] = {"batch_size": int(batch_size)}
+        clock = step_clock(warmup, float(spec["timed_s"]), max_steps)
+        cuda_peak_gb(reset=True)
+        t0 = time.perf_counter()
+        try:
+            model.fit(
+                max_epochs=fit_epochs(meta["n_cells"], batch_size, warmup + max_steps + 1),
+                batch_size=int(batch_size),
+                lr=job.get("lr", 1e-3),
+                train_size=1.0,
+                early_stopping=False,
+                accelerator=job.get("accelerator", "cpu"),
+                seed=int(job.get("seed", 0)),
+                progress_bar=False,
+                callbacks=[clock],
+            )
+        except (RuntimeError, MemoryError) as err:  # torch.cuda.OutOfMemoryError included
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        row.update(
+            steps=clock.steps,
+            cells=clock.cells,
+            seconds=clock.seconds,
+            cells_per_s=clock.cells_per_s,
+            peak_gpu_gb=cuda_peak_gb(),
+            fit_wall_s=time.perf_counter() - t0,
+        )
+        meta["rows"].append(row)
+        meta["peak_rss_gb"] = peak_rss_gb()
+        model.module = None  # the next fit builds its own; free this one's GPU memory first
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        write_worker_output(out, meta, {})
+    return meta
 
 
 def fit_pca(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -222,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     job = read_job(args.job)
+    if job.get("throughput"):
+        throughput_zinbvae(job, args.out)
+        return
     meta, arrays = fit_pca(job) if job.get("model") == "pca" else fit_zinbvae(job)
     meta["versions"] = versions()
     write_worker_output(args.out, meta, arrays)

@@ -22,6 +22,9 @@ the importance weights of the first 32 held-out cells are re-derived from scratc
 and Normal log-densities on the same draws) and the largest absolute difference to
 ``VAE.marginal_ll`` is reported as ``iwae_check_max_abs_diff``.
 
+With ``throughput`` (see ``scvae_worker.py``) it times the same model at each batch size
+instead (``_common.step_clock``, every cell trains, rows written as they are measured).
+
 Output: ``STEM.json`` and ``STEM.npz`` with the keys of ``scvae_worker.py``, plus
 ``n_epochs_kl_warmup`` (the warm-up in force), ``marginal_ll_mean_api`` (what
 ``get_marginal_ll(return_mean=True)`` returns for the same draws: the unweighted mean of the
@@ -31,6 +34,7 @@ per-minibatch means) and the library prior.
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import math
 import time
@@ -41,11 +45,14 @@ import numpy as np
 import torch
 from _common import (
     SCVI_VERSIONS,
+    cuda_device_name,
+    cuda_peak_gb,
     epoch_clock,
     load_average,
     peak_rss_gb,
     read_job,
     read_split,
+    step_clock,
     versions,
     write_worker_output,
 )
@@ -246,10 +253,12 @@ def fit_scvi(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         in_force = default_kl_warmup_epochs()
         notes = f"scvi-tools defaults (observed library, KL warm-up {in_force} epochs)"
     load_before = load_average()
+    cuda_peak_gb(reset=True)
     t0 = time.perf_counter()
     model.train(**train_kwargs)
     fit_time = time.perf_counter() - t0
     peak = peak_rss_gb()
+    peak_gpu = cuda_peak_gb()
     load_after = load_average()
     epochs = len(model.history["elbo_train"])
     validation_elbo = None
@@ -310,6 +319,9 @@ def fit_scvi(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             "load_before_after": [load_before, load_after],
         }
     )
+    if peak_gpu is not None:
+        meta["peak_gpu_gb"] = peak_gpu
+        meta["gpu"] = cuda_device_name()
     if not model.module.use_observed_lib_size:  # the empirical prior of the latent library
         meta["library_log_means"] = model.module.library_log_means.cpu().numpy().ravel()
         meta["library_log_vars"] = model.module.library_log_vars.cpu().numpy().ravel()
@@ -320,13 +332,109 @@ def fit_scvi(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return meta, arrays
 
 
+def throughput_scvi(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Cells per second of the ``"same"`` SCVI at each of the job's batch sizes.
+
+    ``setup_anndata`` runs once; each batch size is a fresh ``SCVI`` trained on every cell
+    and timed and stopped by ``_common.step_clock``. The rows are written to ``out`` after
+    each batch size.
+
+    Parameters
+    ----------
+    job
+        See ``scvae_worker.py`` (``throughput``).
+    out
+        The output stem.
+
+    Returns
+    -------
+    dict
+        The keys of ``scvae_worker.throughput_zinbvae``.
+    """
+    import anndata as ad
+    import scvi
+
+    spec = job["throughput"]
+    torch.set_num_threads(int(job.get("threads", 1)))
+    scvi.settings.seed = int(job.get("seed", 0))
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(job["h5ad"])
+    scvi.model.SCVI.setup_anndata(adata, batch_key=job.get("batch_key"))
+    meta: dict[str, Any] = {
+        "tool": f"scvi-tools {scvi.__version__} SCVI",
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "nnz": int(adata.X.nnz),
+        "read_s": time.perf_counter() - t0,
+        "gpu": cuda_device_name() if job.get("accelerator", "cpu") != "cpu" else None,
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions(SCVI_VERSIONS),
+        "rows": [],
+    }
+    warmup, max_steps = int(spec["warmup_steps"]), int(spec["max_timed_steps"])
+    for batch_size in spec["batch_sizes"]:
+        row: dict[str, Any] = {"batch_size": int(batch_size)}
+        clock = step_clock(warmup, float(spec["timed_s"]), max_steps)
+        steps_per_epoch = max(1, math.ceil(adata.n_obs / batch_size))
+        cuda_peak_gb(reset=True)
+        t0 = time.perf_counter()
+        model = None
+        try:
+            model = scvi.model.SCVI(
+                adata,
+                n_hidden=job.get("n_hidden", 128),
+                n_latent=job.get("n_latent", 10),
+                n_layers=job.get("n_layers", 1),
+                dropout_rate=job.get("dropout_rate", 0.1),
+                dispersion="gene",
+                gene_likelihood="zinb",
+                use_observed_lib_size=False,
+                latent_distribution="normal",
+            )
+            model.train(
+                max_epochs=math.ceil((warmup + max_steps + 1) / steps_per_epoch) + 1,
+                accelerator=job.get("accelerator", "cpu"),
+                devices=1,
+                train_size=1.0,
+                validation_size=None,
+                batch_size=int(batch_size),
+                early_stopping=False,
+                plan_kwargs={"lr": job.get("lr", 1e-3)},
+                callbacks=[clock],
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+        except (RuntimeError, MemoryError, ValueError) as err:  # CUDA out of memory included
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        row.update(
+            steps=clock.steps,
+            cells=clock.cells,
+            seconds=clock.seconds,
+            cells_per_s=clock.cells_per_s,
+            peak_gpu_gb=cuda_peak_gb(),
+            fit_wall_s=time.perf_counter() - t0,
+        )
+        meta["rows"].append(row)
+        meta["peak_rss_gb"] = peak_rss_gb()
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        write_worker_output(out, meta, {})
+    return meta
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the job and write its output files."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--job", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    meta, arrays = fit_scvi(read_job(args.job))
+    job = read_job(args.job)
+    if job.get("throughput"):
+        throughput_scvi(job, args.out)
+        return
+    meta, arrays = fit_scvi(job)
     meta["versions"] = versions(SCVI_VERSIONS)
     write_worker_output(args.out, meta, arrays)
 
