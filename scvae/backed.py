@@ -436,7 +436,8 @@ class BlockMinibatches:
         if self.shuffle:
             starts = starts[torch.randperm(len(starts), generator=self.generator).numpy()]
         blocks = [np.arange(s, min(s + self.block_size, n)) for s in starts]
-        stream = np.concatenate(blocks)[: self.n_cells_per_epoch]  # (n_served,) in visiting order
+        stream = np.concatenate([np.empty(0, np.int64), *blocks])  # positions, visiting order
+        stream = stream[: self.n_cells_per_epoch]  # (n_served,)
         n_batches = len(self)
         if self._n_batches is not None:  # equal numbers of minibatches across ranks
             bounds = np.linspace(0, len(stream), n_batches + 1).round().astype(np.int64)
