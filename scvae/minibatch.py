@@ -188,9 +188,19 @@ class CSRMinibatches:
         # cell or two would make one noisy step; larger remainders are real training signal
         n, rest = len(self.indices), len(self.indices) % batch_size
         self.drop_last = drop_last and 0 < rest < 3 and (n > 3 or rest == 1 < n)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.device = torch.device("cpu")  # where minibatches are served
         self.dense = dense
+        # host copies of the row pointers and positions: each epoch's minibatch sizes in
+        # non-zeros are known on the host, so a gather on a GPU never waits for the device
+        self._host_crow = self.crow.numpy()
+        self._host_indices = self.indices.numpy()
+        self._n_serve: int | None = None  # cells served per epoch (None: every cell)
+        self._n_batches: int | None = None  # fixed number of minibatches (a validation shard)
+        self.drop_last_requested = drop_last
+        self.shard_of: tuple[int, int] = (0, 1)  # (rank, world size)
+        self.cells = self._host_indices  # positions in ``data`` of the cells held
 
     _STORAGE = ("crow", "col", "val", "batch_index", "log_x_factorial", "indices")
     #: stored only for a model with covariates beyond the batch (None otherwise)
@@ -234,29 +244,102 @@ class CSRMinibatches:
         self.device = device
         return self
 
+    def shard(self, rank: int, world_size: int) -> CSRMinibatches:
+        """Keep only this rank's disjoint share of the cells, for distributed training.
+
+        The cells ``indices[rank::world_size]`` stay; the ranks' shards are disjoint and
+        cover every cell, and the counts of the other ranks' cells are dropped from this
+        loader (each process holds only its shard on its device). A shuffled loader serves
+        ``len(indices) // world_size`` cells of its shard per epoch, so that every rank takes
+        the same number of optimizer steps (a rank with one cell more leaves out a different
+        one each epoch); its generator is seeded with ``seed + rank``. A loader in order
+        (validation) serves all its cells in the same number of minibatches on every rank,
+        so that no rank waits for another in a collective.
+
+        Parameters
+        ----------
+        rank
+            This process's global rank, in ``[0, world_size)``.
+        world_size
+            The number of processes.
+
+        Returns
+        -------
+        ``self``, restricted to its shard.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
+        if self.shard_of != (0, 1):
+            raise RuntimeError(f"This loader is already a shard {self.shard_of}.")
+        n_all = len(self._host_indices)
+        if n_all < world_size:
+            raise ValueError(
+                f"{n_all} cells cannot be shared by {world_size} processes: each needs at "
+                "least one; use fewer devices."
+            )
+        keep = np.sort(self._host_indices[rank::world_size])
+        self._restrict(keep)
+        self.shard_of = (rank, world_size)
+        if self.shuffle:
+            self._n_serve = n_all // world_size
+            rest = self._n_serve % self.batch_size
+            self.drop_last = self.drop_last_requested and 0 < rest < 3 and self._n_serve > 3
+            self.generator = torch.Generator().manual_seed(self.seed + rank)
+        else:  # the same number of minibatches on every rank (the largest shard's)
+            largest = -(-n_all // world_size)
+            self._n_batches = max(1, min(-(-largest // self.batch_size), n_all // world_size))
+        return self
+
+    def _restrict(self, keep: np.ndarray) -> None:
+        """Hold only the cells at positions ``keep`` (sorted), renumbered ``0..len(keep)-1``."""
+        device = self.crow.device
+        crow = self._host_crow
+        starts, stops = crow[keep], crow[keep + 1]
+        lengths = stops - starts
+        take = np.repeat(stops - np.cumsum(lengths), lengths) + np.arange(lengths.sum())
+        self._host_crow = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.crow = torch.from_numpy(self._host_crow).to(device)
+        take_t = torch.from_numpy(take).to(self.col.device)
+        self.col, self.val = self.col[take_t], self.val[take_t]
+        keep_t = torch.from_numpy(keep)
+        for name in ("batch_index", "log_x_factorial", *self._OPTIONAL_STORAGE):
+            tensor = getattr(self, name)
+            if tensor is not None:
+                setattr(self, name, tensor[keep_t.to(tensor.device)])
+        self._host_indices = np.arange(len(keep), dtype=np.int64)
+        self.indices = torch.from_numpy(self._host_indices).to(self.indices.device)
+        self.cells = keep  # positions in ``data`` of the cells this loader holds
+
     @property
     def n_cells_per_epoch(self) -> int:
-        """Cells served by one pass (all of them unless a tiny last minibatch is dropped)."""
-        n = len(self.indices)
+        """Cells served by one pass (all of them unless a tiny last minibatch is dropped, or
+        a training shard's equal share)."""
+        n = self._n_serve if self._n_serve is not None else len(self.indices)
         return n - n % self.batch_size if self.drop_last else n
 
     def __len__(self) -> int:
-        n = len(self.indices)
+        if self._n_batches is not None:
+            return self._n_batches
+        n = self._n_serve if self._n_serve is not None else len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def gather(self, rows: torch.Tensor) -> Minibatch:
+    def gather(self, rows: torch.Tensor, nnz: int | None = None) -> Minibatch:
         """The minibatch of the cells at ``rows``: dense counts (B, G) (None unless ``dense``),
-        batch codes (B,), the non-zeros, the labels and the covariates (None without)."""
+        batch codes (B,), the non-zeros, the labels and the covariates (None without).
+
+        ``nnz``, the minibatch's number of non-zeros when the caller knows it (iteration
+        computes it on the host), spares a GPU the wait for that size.
+        """
         start = self.crow[rows]  # (B,)
         n_nz = self.crow[rows + 1] - start  # (B,)
+        if nnz is None:
+            nnz = int(n_nz.sum())  # a device sync: only when the caller does not know it
         row_of_nz = torch.repeat_interleave(
-            torch.arange(len(rows), device=rows.device), n_nz
+            torch.arange(len(rows), device=rows.device), n_nz, output_size=nnz
         )  # (nnz_B,)
         first_nz = torch.cumsum(n_nz, 0) - n_nz  # (B,) exclusive prefix sum
         position = (
-            torch.arange(len(row_of_nz), device=rows.device)
-            - first_nz[row_of_nz]
-            + start[row_of_nz]
+            torch.arange(nnz, device=rows.device) - first_nz[row_of_nz] + start[row_of_nz]
         )  # (nnz_B,) positions in col/val
         col, val = self.col[position].long(), self.val[position]  # (nnz_B,)
         x = None
@@ -275,14 +358,28 @@ class CSRMinibatches:
             x=x, batch_index=self.batch_index[rows], nz=nz, labels=labels, covariates=covariates
         )
 
-    def __iter__(self) -> Iterator[Minibatch]:
-        order = self.indices
+    def _epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's cells in serving order and the bounds of its minibatches (host)."""
+        order = self._host_indices
         if self.shuffle:
-            perm = torch.randperm(len(order), generator=self.generator).to(order.device)
-            order = order[perm]
-        streaming = order.device != self.device
-        for b in range(len(self)):
-            batch = self.gather(order[b * self.batch_size : (b + 1) * self.batch_size])
+            order = order[torch.randperm(len(order), generator=self.generator).numpy()]
+        if self._n_serve is not None:
+            order = order[: self._n_serve]
+        n_batches = len(self)
+        if self._n_batches is not None:  # equal numbers of minibatches across ranks
+            bounds = np.linspace(0, len(order), n_batches + 1).round().astype(np.int64)
+        else:
+            bounds = np.minimum(np.arange(n_batches + 1) * self.batch_size, len(order))
+        return order, bounds
+
+    def __iter__(self) -> Iterator[Minibatch]:
+        order, bounds = self._epoch_order()
+        crow = self._host_crow
+        nnz = np.concatenate([[0], np.cumsum(crow[order + 1] - crow[order])])[bounds]  # host
+        rows = torch.from_numpy(order).to(self.indices.device, non_blocking=True)
+        streaming = rows.device != self.device
+        for b in range(len(bounds) - 1):
+            batch = self.gather(rows[bounds[b] : bounds[b + 1]], int(nnz[b + 1] - nnz[b]))
             yield batch.to(self.device, non_blocking=True) if streaming else batch
 
 

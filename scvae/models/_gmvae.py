@@ -238,6 +238,8 @@ class GMVAE(VAEModel):
         seed: int | None = 0,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
+        num_nodes: int = 1,
+        strategy: str = "auto",
         progress_bar: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         n_init: int = 1,
@@ -261,8 +263,9 @@ class GMVAE(VAEModel):
         seed
             Seeds the split, the networks, the minibatches and (``seed + i``) the GMM of the
             ``i``-th restart.
-        accelerator, devices, progress_bar
-            Lightning's, and whether to show progress.
+        accelerator, devices, num_nodes, strategy, progress_bar
+            Lightning's (``strategy="ddp"``: each phase trains data-parallel, as
+            :meth:`ZINBVAE.fit`), and whether to show progress.
         checkpoint_dir
             Each phase checkpoints in a subdirectory of it (``pretrain``, ``K<k>_init<i>``).
         n_init
@@ -313,6 +316,8 @@ class GMVAE(VAEModel):
             "seed": seed,
             "accelerator": accelerator,
             "devices": devices,
+            "num_nodes": num_nodes,
+            "strategy": strategy,
             "progress_bar": progress_bar,
             "callbacks": callbacks,
         }

@@ -55,6 +55,8 @@ _RECORDED = (
     "n_steps_kl_warmup",
     "seed",
     "device",
+    "world_size",
+    "global_rank",
     "interrupted",
     "resumed",
 )
@@ -226,6 +228,8 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         seed: int | None = 0,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
+        num_nodes: int = 1,
+        strategy: str = "auto",
         progress_bar: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         callbacks: Sequence[Any] = (),
@@ -261,7 +265,18 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             Seeds the split, the initialization, the minibatch order and the MC samples.
             None draws a random seed, recorded in ``training["seed"]``.
         accelerator, devices
-            Lightning's; "auto" uses one GPU when present, else the CPU.
+            Lightning's; "auto" uses one GPU when present, else the CPU. ``devices=N`` with
+            ``strategy="ddp"`` trains on N devices (GPUs, or CPU processes).
+        num_nodes, strategy
+            Lightning's distributed training: ``strategy="ddp"`` with ``devices=N`` (and
+            ``num_nodes=M`` machines) trains data-parallel on ``N x M`` processes, each
+            holding its disjoint shard of the training and validation cells;
+            ``batch_size`` is per process (the global minibatch is ``N x M x batch_size``).
+            Run it from a script, which every process runs (``srun`` on SLURM, see the user
+            guide *Large data*); after fit every rank holds the same model
+            (``training["global_rank"]`` tells them apart, e.g. to write files on rank 0
+            only). Strategies that spawn processes (``ddp_spawn``, ``ddp_notebook``) are
+            refused: the model would stay in the spawned processes.
         progress_bar
             Show progress: a bar on a terminal, else one line per few epochs on stderr.
         checkpoint_dir
@@ -301,6 +316,8 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             seed=checks.resolve_seed(seed),
             accelerator=accelerator,
             devices=devices,
+            num_nodes=checks.positive_int("num_nodes", num_nodes),
+            strategy=strategy,
             progress_bar=bool(progress_bar),
             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
         )

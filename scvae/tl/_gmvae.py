@@ -46,6 +46,8 @@ def gmvae(
     seed: int | None = 0,
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
     progress_bar: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     n_init: int = 1,
@@ -79,6 +81,8 @@ def gmvae(
     max_epochs, batch_size, lr, weight_decay, train_size, early_stopping, patience
         Fit options, as in :meth:`scvae.GMVAE.fit`.
     n_steps_kl_warmup, seed, accelerator, devices, progress_bar, checkpoint_dir
+        Fit options, as in :meth:`scvae.GMVAE.fit`.
+    num_nodes, strategy
         Fit options, as in :meth:`scvae.GMVAE.fit`.
     n_init, n_epochs_pretrain
         Restarts per K and epochs of the pretraining, as in :meth:`scvae.GMVAE.fit`.
@@ -136,6 +140,8 @@ def gmvae(
         seed=seed,
         accelerator=accelerator,
         devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         progress_bar=progress_bar,
         checkpoint_dir=checkpoint_dir,
         n_init=n_init,

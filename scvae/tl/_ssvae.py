@@ -49,6 +49,8 @@ def ssvae(
     seed: int | None = 0,
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
     progress_bar: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     keep_observed: bool = False,
@@ -82,6 +84,8 @@ def ssvae(
     max_epochs, batch_size, lr, weight_decay, train_size, early_stopping, patience
         Fit options, as in :meth:`scvae.SSVAE.fit`.
     n_steps_kl_warmup, seed, accelerator, devices, progress_bar, checkpoint_dir
+        Fit options, as in :meth:`scvae.SSVAE.fit`.
+    num_nodes, strategy
         Fit options, as in :meth:`scvae.SSVAE.fit`.
     keep_observed, min_confidence
         As in :meth:`scvae.SSVAE.write_labels`: keep the observed labels; label
@@ -143,6 +147,8 @@ def ssvae(
         seed=seed,
         accelerator=accelerator,
         devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         progress_bar=progress_bar,
         checkpoint_dir=checkpoint_dir,
     )

@@ -64,6 +64,9 @@ _FIT_DOC = """max_epochs
         None draws a random seed (recorded in the model's parameters).
     accelerator, devices
         Lightning's; ``"auto"`` trains on one GPU when there is one, else on the CPU.
+    num_nodes, strategy
+        Lightning's distributed training (``strategy="ddp"`` with ``devices=N``), from a
+        script; see :meth:`scvae.{cls}.fit`.
     progress_bar
         Show training progress (a bar on a terminal, else a line every few epochs on stderr).
     checkpoint_dir
@@ -138,6 +141,8 @@ def _make_tool(model_class: type[VAEModel]):
         seed: int | None = 0,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
+        num_nodes: int = 1,
+        strategy: str = "auto",
         progress_bar: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         key_added: str | None = None,
@@ -175,6 +180,8 @@ def _make_tool(model_class: type[VAEModel]):
                 "seed": seed,
                 "accelerator": accelerator,
                 "devices": devices,
+                "num_nodes": num_nodes,
+                "strategy": strategy,
                 "progress_bar": progress_bar,
                 "checkpoint_dir": checkpoint_dir,
             },
@@ -220,6 +227,8 @@ def gaussianvae(
     seed: int | None = 0,
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
     progress_bar: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     key_added: str | None = None,
@@ -256,6 +265,8 @@ def gaussianvae(
             "seed": seed,
             "accelerator": accelerator,
             "devices": devices,
+            "num_nodes": num_nodes,
+            "strategy": strategy,
             "progress_bar": progress_bar,
             "checkpoint_dir": checkpoint_dir,
         },

@@ -102,6 +102,8 @@ class EpochLines(pl.Callback):
         self.every = every or max(1, max_epochs // 20)
 
     def _report(self, plan: TrainingPlan, n_done: int) -> None:
+        if plan.trainer.global_rank != 0:  # one report for all ranks
+            return
         row = plan.history_rows[n_done - 1]
         parts = [f"epoch {n_done}/{self.max_epochs}"]
         for name in ("train_elbo", "validation_elbo"):
@@ -202,8 +204,10 @@ class EpochCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, plan: pl.LightningModule) -> None:
         """Save (Lightning calls checkpoint callbacks after the plan has recorded the epoch)."""
         tmp = self.dirpath / f".{self.FILE}.{os.getpid()}.tmp"
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes the file
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("scvae_checkpoint")  # no rank resumes from a stale file
 
 
 def _fingerprint(data: CellData, config: TrainConfig, module_options: dict[str, Any]) -> dict:
@@ -219,7 +223,8 @@ def _fingerprint(data: CellData, config: TrainConfig, module_options: dict[str, 
     for array in (*arrays, data.batch_index):
         digest.update(np.ascontiguousarray(array).tobytes())
     options = config.to_dict()
-    for name in ("progress_bar", "accelerator", "devices", "checkpoint_dir"):
+    machine = ("progress_bar", "accelerator", "devices", "num_nodes", "strategy")
+    for name in (*machine, "checkpoint_dir"):
         options.pop(name, None)
     return {"fit": options, "model": module_options, "cells": digest.hexdigest()}
 

@@ -34,9 +34,7 @@ __all__ = ["TrainConfig", "TrainResult", "recalibrate_batchnorm", "train_vae"]
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(
-    module: nn.Module, loader: CSRMinibatches | BlockMinibatches
-) -> None:
+def recalibrate_batchnorm(module: nn.Module, loader: CSRMinibatches | BlockMinibatches) -> None:
     """Recompute every BatchNorm's running statistics exactly for the final weights.
 
     Running means and variances are exponential averages over past steps, so eval-mode outputs
@@ -89,6 +87,8 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
     progress_bar: bool = True
     checkpoint_dir: str | None = None
 
@@ -139,6 +139,8 @@ def _quiet_lightning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        # under DDP the plan logs epoch means it has already summed over the ranks itself
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         for log in loggers:
             log.setLevel(logging.WARNING)
         try:
@@ -146,6 +148,27 @@ def _quiet_lightning() -> Iterator[None]:
         finally:
             for log, level in zip(loggers, levels, strict=True):
                 log.setLevel(level)
+
+
+#: Lightning strategies that run the fit in processes it spawns: the fitted module, history
+#: and record would stay in those processes, so scvae refuses them (use "ddp" in a script).
+_SPAWNING = ("spawn", "notebook", "fork")
+
+
+def _check_strategy(strategy: object) -> None:
+    """Refuse strategies whose fit would happen in other processes than the caller's."""
+    if not isinstance(strategy, str):
+        raise TypeError(
+            f"strategy must be a Lightning strategy name such as 'auto' or 'ddp', got "
+            f"{type(strategy).__name__}."
+        )
+    if any(word in strategy for word in _SPAWNING):
+        raise ValueError(
+            f"strategy={strategy!r} trains in processes that Lightning spawns, so the fitted "
+            "model would not come back to this one. Use strategy='ddp' in a script (python "
+            "train.py, srun python train.py on SLURM, or torchrun): every process runs the "
+            "script and the model is the same on every rank after fit."
+        )
 
 
 def _batchnorms(module: nn.Module) -> list[nn.Module]:
@@ -201,6 +224,7 @@ def train_vae(
     TrainingDivergedError
         The loss became NaN/inf.
     """
+    _check_strategy(config.strategy)
     n_cells = data.X.shape[0]
     train_idx, val_idx = split_cells(n_cells, config.train_size, config.seed)
     if len(train_idx) < 2:
@@ -238,6 +262,7 @@ def train_vae(
         weight_decay=config.weight_decay,
         n_steps_kl_warmup=n_steps_kl_warmup,
         eval_modules=tuple(norms) if keep_batchnorm == "eval" else (),
+        seed=config.seed,
     )
     stopper = EarlyStoppingAfterWarmup(patience=config.patience) if early_stopping else None
     checkpoint, resume = None, None
@@ -255,6 +280,8 @@ def train_vae(
             max_epochs=max_epochs,
             accelerator=config.accelerator,
             devices=1 if config.devices == "auto" else config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
             logger=False,
             enable_checkpointing=checkpoint is not None,
             enable_model_summary=False,
@@ -281,6 +308,12 @@ def train_vae(
         checkpoint.path.unlink(missing_ok=True)  # the fit is complete: nothing to resume
     device = plan.device
     module.to(device)
+    world_size, global_rank = trainer.world_size, trainer.global_rank
+    if world_size > 1:  # the training loader holds one shard: recalibrate on every cell
+        train_loader = minibatches(
+            data, train_idx, batch_size=config.batch_size, shuffle=True, drop_last=True,
+            seed=config.seed,
+        )  # fmt: skip
     if kept_statistics is None:
         recalibrate_batchnorm(module, train_loader.to(device))
     else:  # the reference's running statistics, exactly
@@ -308,6 +341,8 @@ def train_vae(
         "interrupted": interrupt.interrupted,
         "resumed": resume is not None,
         "device": str(device),
+        "world_size": world_size,
+        "global_rank": global_rank,
     }
     return TrainResult(
         module=module,

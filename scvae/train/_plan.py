@@ -81,6 +81,18 @@ class TrainingPlan(pl.LightningModule):
     eval_modules
         Submodules kept in eval mode throughout (e.g. the reference's BatchNorm layers while a
         query is mapped: they normalize by their running statistics and never update them).
+    seed
+        The fit's seed. Under distributed training each rank draws its Monte Carlo samples
+        from ``seed + rank`` and shuffles its shard with its own generator.
+
+    Notes
+    -----
+    Under distributed data parallel training (``world_size > 1``) every rank keeps only its
+    shard of the cells (:meth:`~scvae.minibatch.CSRMinibatches.shard`) on its device, takes
+    the same number of steps, and the epoch sums of the training and validation terms are
+    summed over the ranks before they are averaged: the history, the logged
+    ``validation_elbo`` and so early stopping are the same on every rank, and equal to what
+    one process computes over all the cells.
     """
 
     def __init__(
@@ -93,8 +105,10 @@ class TrainingPlan(pl.LightningModule):
         weight_decay: float = 1e-6,
         n_steps_kl_warmup: int = 0,
         eval_modules: tuple[nn.Module, ...] = (),
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self._eval_modules = tuple(eval_modules)
         self.module = module
         self.train_loader = train_loader
@@ -163,10 +177,15 @@ class TrainingPlan(pl.LightningModule):
         self._fit_start = time.perf_counter()
         sparse = sparse_input_pays(self.train_loader.data, self.device)
         self.module.sparse_input = sparse
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         for loader in (self.train_loader, self.val_loader):
             if loader is not None:
+                if world > 1:
+                    loader.shard(rank, world)  # before the move: only the shard goes there
                 loader.dense = not sparse  # the dense counts would go unused
                 loader.to(self.device)
+        if world > 1:  # each rank its own Monte Carlo draws (the weights are synchronized)
+            torch.manual_seed(self.seed + rank)
 
     def train_dataloader(self) -> CSRMinibatches:
         """The device-resident training minibatches."""
@@ -233,6 +252,13 @@ class TrainingPlan(pl.LightningModule):
 
     def _epoch_means(self, stage: str) -> dict[str, float]:
         count, total = self._sums.pop(stage, (0, None))
+        if self.trainer.world_size > 1:  # every rank's cells: sums over the ranks
+            local = torch.zeros(len(self._TERMS) + 1, dtype=torch.float64, device=self.device)
+            local[0] = count
+            if count:
+                local[1:] = total.to(torch.float64)
+            summed = self.trainer.strategy.reduce(local, reduce_op="sum")
+            count, total = int(summed[0].item()), summed[1:]
         if not count:
             return {}
         means = (total / count).tolist()  # one device sync per epoch
