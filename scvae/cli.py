@@ -47,6 +47,8 @@ _VAE_ONLY = {
     "train_size": "--train-size",
     "patience": "--patience",
     "devices": "--devices",
+    "num_nodes": "--num-nodes",
+    "strategy": "--strategy",
 }
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
@@ -265,6 +267,20 @@ def _parser() -> argparse.ArgumentParser:
         type=_devices,
         default=None,
         help="number of devices or comma-separated device indices (default: auto)",
+    )
+    fit.add_argument(
+        "--num-nodes",
+        type=int_pos,
+        default=None,
+        metavar="N",
+        help="machines for distributed training, with --strategy ddp (default: 1)",
+    )
+    fit.add_argument(
+        "--strategy",
+        choices=("auto", "ddp"),
+        default=None,
+        help="ddp: data-parallel on --devices processes per machine (run under srun on "
+        "SLURM); only rank 0 writes the output (default: auto)",
     )
     fit.add_argument(
         "--seed", type=int_nonneg, default=0, metavar="N", help="random seed (default: 0)"
@@ -571,12 +587,15 @@ def _fit(args: argparse.Namespace, mode: int) -> None:
         )
         fit_options = {
             k: options[k]
-            for k in ("max_epochs", "batch_size", "lr", "train_size", "patience", "devices")
+            for k in ("max_epochs", "batch_size", "lr", "train_size", "patience", "devices",
+                      "num_nodes", "strategy")
             if k in options
-        }
+        }  # fmt: skip
         model.fit(
             seed=args.seed, accelerator=accelerator, progress_bar=not args.quiet, **fit_options
         )
+        if model.training.get("global_rank", 0) != 0:  # distributed: rank 0 writes
+            return
     before = _slots(adata)
     result = adata
     obsm_key, uns_key = _latent_slots(args.key_added, model.default_key)

@@ -273,7 +273,7 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
             holding its disjoint shard of the training and validation cells;
             ``batch_size`` is per process (the global minibatch is ``N x M x batch_size``).
             Run it from a script, which every process runs (``srun`` on SLURM, see the user
-            guide *Large data*); after fit every rank holds the same model
+            guide *Many GPUs and nodes*); after fit every rank holds the same model
             (``training["global_rank"]`` tells them apart, e.g. to write files on rank 0
             only). Strategies that spawn processes (``ddp_spawn``, ``ddp_notebook``) are
             refused: the model would stay in the spawned processes.
