@@ -323,13 +323,14 @@ def test_writers_use_the_slots_and_one_view_message(counts: AnnData) -> None:
 
 
 def test_backed_data_is_refused_with_one_message(counts: AnnData, tmp_path) -> None:
+    """Where backed data are refused (the VAEs read them: tests/test_backed.py)."""
     path = tmp_path / "c.h5ad"
     counts.write_h5ad(path)
     import anndata as ad
 
     backed = ad.read_h5ad(path, backed="r")
     try:
-        for build in (lambda: scvae.PPCA(backed), lambda: scvae.ZINBVAE(backed)):
+        for build in (lambda: scvae.PPCA(backed), lambda: scvae.FactorAnalysis(backed)):
             with pytest.raises(ValueError, match=r"backed on disk.*adata\.to_memory\(\)"):
                 build()
     finally:
