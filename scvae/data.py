@@ -8,8 +8,9 @@ new batches and categories appended; :data:`MIN_GENE_OVERLAP`, :data:`WARN_GENE_
 embeddings through
 :func:`read_embedding`, ``obs`` columns through :func:`read_obs_column`. They only read: the
 AnnData is never modified, no column is added, and the count matrix is never densified as a
-whole (it becomes one canonical CSR copy in float32: no stored zeros, no duplicates, sorted
-indices, so the representation of the input never changes a result). Writers call
+whole (it becomes a canonical float32 CSR: no stored zeros, no duplicates, sorted indices, so
+the representation of the input never changes a result; a CSR that is canonical already is
+shared, read-only, not copied, see :func:`_to_csr`). Writers call
 :func:`check_writable` first and take their slot names from :func:`latent_slots` or
 :func:`cluster_slots`. The validated :class:`CellData` is served as minibatches by
 :mod:`scvae.minibatch`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -687,15 +688,93 @@ def _get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix | np.ndarray
     return adata.layers[layer]
 
 
+#: Stored values that the checks and sums over a matrix's non-zeros handle at a time, so that
+#: their temporaries take a constant amount of memory (16 MiB of float32), not one per entry.
+_CHUNK = 1 << 22
+
+
+def _chunks(values: np.ndarray, size: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive views of ``values`` (1-D) of ``size`` elements (:data:`_CHUNK`) or fewer."""
+    size = size or _CHUNK
+    for start in range(0, values.size, size):
+        yield values[start : start + size]
+
+
+def _row_blocks(indptr: np.ndarray, size: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` row ranges of a CSR matrix holding about ``size`` (:data:`_CHUNK`) stored
+    values each (a single longer row is a block of its own), covering every row in order."""
+    size = size or _CHUNK
+    n_rows = len(indptr) - 1
+    lo = 0
+    while lo < n_rows:
+        hi = int(np.searchsorted(indptr, indptr[lo] + size, side="right")) - 1
+        hi = min(max(hi, lo + 1), n_rows)
+        yield lo, hi
+        lo = hi
+
+
+def _count_zeros(values: np.ndarray) -> int:
+    """Stored zeros (``0`` and ``-0.0``) among ``values``, chunk by chunk."""
+    return sum(int(np.count_nonzero(chunk == 0)) for chunk in _chunks(values))
+
+
+def _shared_csr(X: sp.csr_matrix | sp.csr_array) -> sp.csr_matrix | None:
+    """``X`` as a float32 CSR matrix sharing its arrays, or None where it needs a full copy.
+
+    Shared when the structure is canonical (sorted indices, no duplicates, checked on
+    ``X``'s own arrays whatever its flags say) and no stored value is zero once in float32.
+    Values of another dtype become one float32 copy of ``data``; int64 indices become int32
+    where they fit (as in the copy). Read-only arrays are copied (torch warns on sharing
+    them). Nothing of ``X`` is written, not even its flags.
+    """
+    data, indices, indptr = X.data, X.indices, X.indptr
+    nnz = int(indptr[-1]) if len(indptr) else 0
+    if (
+        data.ndim != 1
+        or data.dtype.kind not in "iuf"
+        or not data.dtype.isnative
+        or not indices.dtype.isnative
+        or not indptr.dtype.isnative
+        or not (data.flags.writeable and indices.flags.writeable and indptr.flags.writeable)
+        or len(data) != nnz
+        or len(indices) != nnz
+        or len(indptr) != X.shape[0] + 1
+    ):
+        return None
+    structure = sp.csr_matrix((data, indices, indptr), shape=X.shape, copy=False)
+    if not structure.has_canonical_format:  # one pass over the indices, no temporaries
+        return None
+    values = data if data.dtype == np.float32 else data.astype(np.float32)  # one copy at most
+    if _count_zeros(values):
+        return None
+    if nnz < np.iinfo(np.int32).max and indices.dtype != np.int32:
+        indices, indptr = indices.astype(np.int32), indptr.astype(np.int32)
+    csr = sp.csr_matrix((values, indices, indptr), shape=X.shape, copy=False)
+    csr.has_canonical_format = True
+    return csr
+
+
 def _to_csr(X) -> sp.csr_matrix:
-    """One canonical float32 CSR copy of ``X``, never densifying sparse input.
+    """The counts ``X`` as a canonical float32 CSR matrix, copied only where they are not one.
 
     Whatever the input's representation (dense, CSR, CSC, COO, sparse matrix or array, any
     numeric dtype, stored zeros, duplicate entries, unsorted or int64 indices), the same
     values give the same matrix: duplicates summed, explicit zeros dropped (they would be
-    scored as observed non-zero counts), sorted int32 indices where they fit. ``X`` itself is
+    scored as observed non-zero counts), sorted int32 indices where they fit. Sparse input is
+    never densified.
+
+    A CSR matrix or array that is canonical already (sorted indices, no duplicates, no stored
+    zeros) is not copied: the result shares its ``data`` when it is float32 (other value
+    dtypes: one float32 copy of ``data`` alone) and its ``indices`` and ``indptr`` (int64
+    ones: an int32 copy where they fit). The models only read these arrays and never write
+    into them; like any reference, they should not be modified while a model uses them.
+    Every other input becomes one canonical copy. ``X`` itself (its arrays and its flags) is
     never modified.
     """
+    if sp.issparse(X) and X.format == "csr":
+        shared = _shared_csr(X)
+        if shared is not None:
+            return shared
     if sp.issparse(X):
         csr = sp.csr_matrix(X, dtype=np.float32, copy=True)
     elif isinstance(X, np.ndarray):
@@ -718,24 +797,35 @@ def _to_csr(X) -> sp.csr_matrix:
 
 
 def _check_values(csr: sp.csr_matrix, *, where: str, counts: bool, nonnegative: bool) -> None:
+    """Refuse NaN/inf, negative (``nonnegative``) and non-integer (``counts``) stored values.
+
+    Chunk by chunk (:func:`_chunks`): the temporaries take constant memory, not one array per
+    stored value.
+    """
     values = csr.data
-    n_bad = int(np.count_nonzero(~np.isfinite(values)))
+    n_bad = sum(int(np.count_nonzero(~np.isfinite(chunk))) for chunk in _chunks(values))
     if n_bad:
         raise ValueError(
             f"{where} contains {n_bad} NaN or infinite values. Remove or impute them before "
             "fitting (for example adata = adata[~np.isnan(...)] or recompute the counts)."
         )
-    n_neg = int(np.count_nonzero(values < 0)) if nonnegative else 0
+    n_neg = sum(int(np.count_nonzero(chunk < 0)) for chunk in _chunks(values)) if nonnegative else 0
     if n_neg:
+        minimum = min(chunk.min() for chunk in _chunks(values))
         raise ValueError(
-            f"{where} contains {n_neg} negative values (minimum {values.min():g}). The models "
+            f"{where} contains {n_neg} negative values (minimum {minimum:g}). The models "
             "need non-negative raw counts: pass the raw UMI counts (e.g. layer='counts'), not "
             "scaled or centered data."
         )
     if counts:
-        n_frac = int(np.count_nonzero(values != np.round(values)))
+        n_frac, example = 0, None
+        for chunk in _chunks(values):
+            fractional = chunk != np.round(chunk)  # (chunk,)
+            n = int(np.count_nonzero(fractional))
+            if n and example is None:
+                example = chunk[fractional][0]
+            n_frac += n
         if n_frac:
-            example = values[values != np.round(values)][0]
             raise ValueError(
                 f"{where} contains {n_frac} non-integer values (e.g. {example:g}); count "
                 "models need raw integer counts. This looks normalized or log-transformed: "
@@ -823,11 +913,19 @@ class CellData:
     @cached_property
     def log_x_factorial(self) -> np.ndarray:
         """(N,) float32 ``sum_g lgamma(x_g + 1)`` of each cell: the data-only term of the count
-        likelihoods, computed once and shared by every loader (no per-entry index array)."""
+        likelihoods, computed once and shared by every loader (no per-entry index array), in
+        blocks of rows (:func:`_row_blocks`) so that no temporary has one value per entry."""
         X = self.X
-        terms = gammaln(X.data + 1).astype(np.float32, copy=False)  # (nnz,)
-        per_entry = sp.csr_matrix((terms, X.indices, X.indptr), shape=X.shape)
-        return np.asarray(per_entry.sum(axis=1), dtype=np.float32).ravel()
+        out = np.empty(X.shape[0], dtype=np.float32)  # (N,)
+        for lo, hi in _row_blocks(X.indptr):
+            start, stop = X.indptr[lo], X.indptr[hi]
+            terms = gammaln(X.data[start:stop] + 1).astype(np.float32, copy=False)  # (nnz_b,)
+            block = sp.csr_matrix(
+                (terms, X.indices[start:stop], X.indptr[lo : hi + 1] - start),
+                shape=(hi - lo, X.shape[1]),
+            )
+            out[lo:hi] = np.asarray(block.sum(axis=1), dtype=np.float32).ravel()
+        return out
 
 
 def _is_backed(adata: AnnData) -> bool:
