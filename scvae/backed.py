@@ -548,10 +548,12 @@ class BlockMinibatches:
                     raise item.error
                 loader, bounds = item
                 del item
-                rows = loader.indices
+                rows, order, crow = loader.indices, loader._host_indices, loader._host_crow
+                # each minibatch's non-zeros counted on the host: no device sync per gather
+                nnz = np.concatenate([[0], np.cumsum(crow[order + 1] - crow[order])])[bounds]
                 streaming = rows.device != self.device
                 for b in range(len(bounds) - 1):
-                    batch = loader.gather(rows[bounds[b] : bounds[b + 1]])
+                    batch = loader.gather(rows[bounds[b] : bounds[b + 1]], int(nnz[b + 1] - nnz[b]))
                     yield batch.to(self.device, non_blocking=True) if streaming else batch
                     n_left -= 1
                 del loader, rows

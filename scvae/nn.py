@@ -450,7 +450,7 @@ class GaussianEncoder(nn.Module):
         h = self.mlp(x, batch_index, covariates)  # (N, n_hidden)
         mean = self.mean(h)  # (N, n_out)
         var = torch.exp(self.log_var(h).clamp(max=20.0)) + self.var_eps  # (N, n_out)
-        return Normal(mean, var.sqrt())
+        return Normal(mean, var.sqrt(), validate_args=False)
 
 
 class CountDecoder(nn.Module):

@@ -190,7 +190,9 @@ class NonZeros:
 
     def __post_init__(self) -> None:
         if self.offsets is None:
-            counts = torch.bincount(self.row, minlength=self.n_cells)  # (B,) non-zeros per cell
+            # (B,) non-zeros per cell; index_add_, unlike bincount, needs no device sync
+            counts = torch.zeros(self.n_cells, dtype=torch.int64, device=self.row.device)
+            counts.index_add_(0, self.row, torch.ones_like(self.row))
             self.offsets = torch.cumsum(counts, 0) - counts  # (B,) exclusive prefix sum
 
     @classmethod

@@ -399,7 +399,7 @@ class Gaussian(ObservationModel):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Element-wise log-density."""
-        return Normal(self.loc, torch.exp(0.5 * self.log_var)).log_prob(x)
+        return Normal(self.loc, torch.exp(0.5 * self.log_var), validate_args=False).log_prob(x)
 
     def log_prob_sum(self, nz: NonZeros) -> torch.Tensor:
         """Per-cell log-density from the non-zeros."""

@@ -112,7 +112,7 @@ class GMVAEModule(VAEModule):
     def log_prior_z(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(z)``, the mixture density (or ``N(0, I)`` before it is set): ([K,] N)."""
         if not self.mixture_prior:
-            return Normal(0.0, 1.0).log_prob(z).sum(-1)
+            return Normal(0.0, 1.0, validate_args=False).log_prob(z).sum(-1)
         log_pi, mu, var = self.mixture()
         zz = z.unsqueeze(-2)  # ([S,] N, 1, L)
         log_n = -0.5 * (math.log(2 * math.pi) + torch.log(var) + (zz - mu).square() / var)
@@ -135,7 +135,9 @@ class GMVAEModule(VAEModule):
         if self.mixture_prior:
             kl_z = self.mixture_kl(inf.qz)  # (N,)
         else:
-            prior_z = Normal(torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale))
+            prior_z = Normal(
+                torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale), validate_args=False
+            )
             kl_z = kl_divergence(inf.qz, prior_z).sum(-1)
         if inf.ql is not None:
             kl_l = kl_divergence(inf.ql, self.library_prior(batch.batch_index)).sum(-1)

@@ -70,7 +70,7 @@ class GaussianMLP(nn.Module):
         """The Gaussian over (..., n_out)."""
         hidden = self.hidden(h)
         var = torch.exp(self.log_var(hidden).clamp(max=20.0)) + self.var_eps
-        return Normal(self.mean(hidden), var.sqrt())
+        return Normal(self.mean(hidden), var.sqrt(), validate_args=False)
 
 
 class SSVAEModule(VAEModule):
@@ -141,7 +141,9 @@ class SSVAEModule(VAEModule):
         h = self._with_labels(z1)  # (C, [K,] N, L + C)
         qz2 = self.z2_encoder(h)  # over (C, [K,] N, L)
         z2 = qz2.rsample()
-        prior_z2 = Normal(torch.zeros_like(qz2.loc), torch.ones_like(qz2.scale))
+        prior_z2 = Normal(
+            torch.zeros_like(qz2.loc), torch.ones_like(qz2.scale), validate_args=False
+        )
         kl_z2 = kl_divergence(qz2, prior_z2).sum(-1)  # (C, [K,] N)
         pz1 = self.z1_decoder(torch.cat([z2, h[..., self.n_latent :]], dim=-1))
         log_pz1 = pz1.log_prob(z1.unsqueeze(0)).sum(-1)  # (C, [K,] N)
@@ -215,7 +217,7 @@ class SSVAEModule(VAEModule):
         pz1 = self.z1_decoder(torch.cat([z2, h[..., self.n_latent :]], dim=-1))
         log_joint = (
             pz1.log_prob(inf.z.unsqueeze(0)).sum(-1)
-            + Normal(0.0, 1.0).log_prob(z2).sum(-1)
+            + Normal(0.0, 1.0, validate_args=False).log_prob(z2).sum(-1)
             - qz2.log_prob(z2).sum(-1)
             + self.log_pi.reshape(-1, 1, 1)
         )  # (C, K, N)

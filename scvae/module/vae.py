@@ -270,7 +270,9 @@ class VAEModule(nn.Module):
         # correction to the observed log total, so the posterior is right from the first
         # step (from zero it needed ~100 epochs to learn a log library of ~8)
         delta = self.l_encoder(encoder_input, batch.batch_index, covariates)  # over (N, 1)
-        return qz, Normal(delta.loc + torch.log1p(self._totals(batch)), delta.scale)
+        return qz, Normal(
+            delta.loc + torch.log1p(self._totals(batch)), delta.scale, validate_args=False
+        )
 
     def inference(
         self,
@@ -361,7 +363,7 @@ class VAEModule(nn.Module):
         """Per-batch empirical prior ``p(log l | s)`` for each cell, over (N, 1)."""
         mean = self.library_log_mean[batch_index].unsqueeze(-1)  # (N, 1)
         var = self.library_log_var[batch_index].unsqueeze(-1)  # (N, 1)
-        return Normal(mean, var.sqrt())
+        return Normal(mean, var.sqrt(), validate_args=False)
 
     # ----------------------------------------------------------------------------------- loss
     def loss(self, batch: Minibatch, *, kl_weight: float = 1.0) -> LossOutput:
@@ -372,7 +374,9 @@ class VAEModule(nn.Module):
         inf = self.inference(batch)
         px = self.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
         reconstruction = px.log_likelihood(batch.x, nz=batch.nz)  # (N,)
-        prior_z = Normal(torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale))
+        prior_z = Normal(
+            torch.zeros_like(inf.qz.loc), torch.ones_like(inf.qz.scale), validate_args=False
+        )
         kl_z = kl_divergence(inf.qz, prior_z).sum(-1)  # (N,)
         if inf.ql is not None:
             kl_l = kl_divergence(inf.ql, self.library_prior(batch.batch_index)).sum(-1)  # (N,)
@@ -400,7 +404,7 @@ class VAEModule(nn.Module):
         inf = self.inference(batch, n_samples=n_samples, posterior=posterior)
         px = self.generative(inf.z, inf.log_library, batch.batch_index, batch.covariates)
         log_px = px.log_likelihood(batch.x, nz=batch.nz)  # (K, N)
-        log_pz = Normal(0.0, 1.0).log_prob(inf.z).sum(-1)  # (K, N)
+        log_pz = Normal(0.0, 1.0, validate_args=False).log_prob(inf.z).sum(-1)  # (K, N)
         log_qz = inf.qz.log_prob(inf.z).sum(-1)  # (K, N)
         log_w = log_px + log_pz - log_qz
         if inf.ql is not None:
