@@ -208,11 +208,6 @@ def test_closed_form_models_on_cuda(sim) -> None:
 
 
 @pytest.mark.skipif(not CUDA, reason="sync debug mode is CUDA's")
-@pytest.mark.xfail(
-    reason="torch.distributions validates Normal's arguments with a host sync (scvae/nn.py "
-    "encoder, module/vae.py q(l), library prior, p(z)): pass validate_args=False there",
-    strict=False,
-)
 def test_training_step_does_not_sync_on_cuda(sim) -> None:
     """Gather, loss and backward of one minibatch queue GPU work without waiting for it."""
     model = scvae.ZINBVAE(sim, batch_key="batch", n_latent=4, n_hidden=32)
