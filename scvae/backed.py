@@ -368,8 +368,10 @@ class BlockMinibatches:
     def shard(self, rank: int, world_size: int) -> BlockMinibatches:
         """Keep only this rank's share ``indices[rank::world_size]``, for distributed training.
 
-        The semantics of :meth:`scvae.minibatch.CSRMinibatches.shard`: the shards are
-        disjoint and cover every cell; a shuffled loader serves ``len(indices) // world_size``
+        The semantics of :meth:`scvae.minibatch.CSRMinibatches.shard`, except that each
+        shard is a contiguous run of the cells (so that a rank reads only its own blocks of
+        the file, not every ``world_size``-th row of all of them): the shards are disjoint and
+        cover every cell; a shuffled loader serves ``len(indices) // world_size``
         cells of its shard per epoch (every rank takes the same number of steps; drop_last is
         recomputed on that count) and its generator is reseeded with ``seed + rank``; a loader
         in order serves all its cells in the same number of minibatches on every rank.
@@ -388,7 +390,8 @@ class BlockMinibatches:
                 f"{n_all} cells cannot be shared by {world_size} processes: each needs at "
                 "least one; use fewer devices."
             )
-        self.indices = self._all_indices[rank::world_size]
+        # contiguous shards: each rank reads its own rows of the file, none reads the others'
+        self.indices = np.array_split(self._all_indices, world_size)[rank]
         self.shard_of = (rank, world_size)
         self.generator = torch.Generator().manual_seed(self.seed + rank)
         if self.shuffle:
