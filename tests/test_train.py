@@ -169,3 +169,13 @@ def test_ctrl_c_stops_training_and_keeps_the_best_weights(small: AnnData) -> Non
     assert model.training["n_epochs_trained"] <= 5
     assert signal.getsignal(signal.SIGINT) is handler
     assert np.isfinite(model.get_latent()).all()
+
+
+def test_bf16_mixed_precision_trains_a_float32_model(small: AnnData) -> None:
+    model = scvae.NBVAE(small, n_latent=2, n_hidden=16)
+    model.fit(max_epochs=3, precision="bf16-mixed", progress_bar=False)
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
+    assert np.all(np.isfinite(model.history["train_elbo"]))
+    assert model.get_latent().dtype == np.float32
+    with pytest.raises(ValueError, match="precision"):
+        model.fit(max_epochs=1, precision="16-mixed", progress_bar=False)

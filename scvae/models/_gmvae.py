@@ -240,6 +240,7 @@ class GMVAE(VAEModel):
         devices: int | str | Sequence[int] = "auto",
         num_nodes: int = 1,
         strategy: str = "auto",
+        precision: Literal["32-true", "bf16-mixed"] = "32-true",
         progress_bar: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         n_init: int = 1,
@@ -263,7 +264,7 @@ class GMVAE(VAEModel):
         seed
             Seeds the split, the networks, the minibatches and (``seed + i``) the GMM of the
             ``i``-th restart.
-        accelerator, devices, num_nodes, strategy, progress_bar
+        accelerator, devices, num_nodes, strategy, precision, progress_bar
             Lightning's (``strategy="ddp"``: each phase trains data-parallel, as
             :meth:`ZINBVAE.fit`), and whether to show progress.
         checkpoint_dir
@@ -318,6 +319,7 @@ class GMVAE(VAEModel):
             "devices": devices,
             "num_nodes": num_nodes,
             "strategy": strategy,
+            "precision": precision,
             "progress_bar": progress_bar,
             "callbacks": callbacks,
         }

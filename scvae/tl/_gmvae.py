@@ -48,6 +48,7 @@ def gmvae(
     devices: int | str | Sequence[int] = "auto",
     num_nodes: int = 1,
     strategy: str = "auto",
+    precision: Literal["32-true", "bf16-mixed"] = "32-true",
     progress_bar: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     n_init: int = 1,
@@ -82,7 +83,7 @@ def gmvae(
         Fit options, as in :meth:`scvae.GMVAE.fit`.
     n_steps_kl_warmup, seed, accelerator, devices, progress_bar, checkpoint_dir
         Fit options, as in :meth:`scvae.GMVAE.fit`.
-    num_nodes, strategy
+    num_nodes, strategy, precision
         Fit options, as in :meth:`scvae.GMVAE.fit`.
     n_init, n_epochs_pretrain
         Restarts per K and epochs of the pretraining, as in :meth:`scvae.GMVAE.fit`.
@@ -142,6 +143,7 @@ def gmvae(
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
+        precision=precision,
         progress_bar=progress_bar,
         checkpoint_dir=checkpoint_dir,
         n_init=n_init,

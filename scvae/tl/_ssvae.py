@@ -51,6 +51,7 @@ def ssvae(
     devices: int | str | Sequence[int] = "auto",
     num_nodes: int = 1,
     strategy: str = "auto",
+    precision: Literal["32-true", "bf16-mixed"] = "32-true",
     progress_bar: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     keep_observed: bool = False,
@@ -85,7 +86,7 @@ def ssvae(
         Fit options, as in :meth:`scvae.SSVAE.fit`.
     n_steps_kl_warmup, seed, accelerator, devices, progress_bar, checkpoint_dir
         Fit options, as in :meth:`scvae.SSVAE.fit`.
-    num_nodes, strategy
+    num_nodes, strategy, precision
         Fit options, as in :meth:`scvae.SSVAE.fit`.
     keep_observed, min_confidence
         As in :meth:`scvae.SSVAE.write_labels`: keep the observed labels; label
@@ -149,6 +150,7 @@ def ssvae(
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
+        precision=precision,
         progress_bar=progress_bar,
         checkpoint_dir=checkpoint_dir,
     )

@@ -64,7 +64,7 @@ _FIT_DOC = """max_epochs
         None draws a random seed (recorded in the model's parameters).
     accelerator, devices
         Lightning's; ``"auto"`` trains on one GPU when there is one, else on the CPU.
-    num_nodes, strategy
+    num_nodes, strategy, precision
         Lightning's distributed training (``strategy="ddp"`` with ``devices=N``), from a
         script; see :meth:`scvae.{cls}.fit`.
     progress_bar
@@ -143,6 +143,7 @@ def _make_tool(model_class: type[VAEModel]):
         devices: int | str | Sequence[int] = "auto",
         num_nodes: int = 1,
         strategy: str = "auto",
+        precision: Literal["32-true", "bf16-mixed"] = "32-true",
         progress_bar: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         key_added: str | None = None,
@@ -182,6 +183,7 @@ def _make_tool(model_class: type[VAEModel]):
                 "devices": devices,
                 "num_nodes": num_nodes,
                 "strategy": strategy,
+                "precision": precision,
                 "progress_bar": progress_bar,
                 "checkpoint_dir": checkpoint_dir,
             },
@@ -229,6 +231,7 @@ def gaussianvae(
     devices: int | str | Sequence[int] = "auto",
     num_nodes: int = 1,
     strategy: str = "auto",
+    precision: Literal["32-true", "bf16-mixed"] = "32-true",
     progress_bar: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     key_added: str | None = None,
@@ -267,6 +270,7 @@ def gaussianvae(
             "devices": devices,
             "num_nodes": num_nodes,
             "strategy": strategy,
+            "precision": precision,
             "progress_bar": progress_bar,
             "checkpoint_dir": checkpoint_dir,
         },

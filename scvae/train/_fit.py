@@ -89,6 +89,7 @@ class TrainConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
+    precision: str = "32-true"
     progress_bar: bool = True
     checkpoint_dir: str | None = None
 
@@ -282,6 +283,7 @@ def train_vae(
             devices=1 if config.devices == "auto" else config.devices,
             num_nodes=config.num_nodes,
             strategy=config.strategy,
+            precision=config.precision,
             logger=False,
             enable_checkpointing=checkpoint is not None,
             enable_model_summary=False,
