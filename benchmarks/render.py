@@ -287,6 +287,66 @@ def update_speed(old: Record, new: Record) -> Record:
     return merged
 
 
+# ----------------------------------------------------------------------------------- memory
+MEMORY_RUNS = (("scvae_before", "scvae before"), ("scvae_after", "scvae"), ("scvi", "scVI"))
+
+
+def render_memory(record: Record) -> str:
+    """The tables of ``memory.py``: peak memory per fit, and by stage."""
+    s = record["settings"]
+    before, after = record["scvae_before_commit"][:7], record["scvae_after_commit"][:7]
+    scvi = record["rows"][0]["scvi"]["tool"]
+    header = ["genes", "cells", "counts (CSR)", f"scvae {before}", f"scvae {after}", "scVI"]
+    header += [f"scvae {after} + get_latent", "scVI + get_latent"]
+    lines = [
+        [
+            f"{r['genes']:,}",
+            f"{r['cells']:,}",
+            f"{r['counts_gb']:.2f}",
+            f"{r['scvae_before']['fit_peak_gb']:.2f}",
+            f"**{r['scvae_after']['fit_peak_gb']:.2f}**",
+            f"{r['scvi']['fit_peak_gb']:.2f}",
+            f"{r['scvae_after']['peak_gb_with_latent']:.2f}",
+            f"{r['scvi']['peak_gb_with_latent']:.2f}",
+        ]
+        for r in record["rows"]
+    ]
+    stage_header = ["genes", "run", "RSS after read", *(f"peak: {t}" for t in ("setup", "fit"))]
+    stage_header += ["peak: get_latent", "cells/s"]
+    stages = []
+    for r in record["rows"]:
+        for key, label in MEMORY_RUNS:
+            run = r[key]
+            stages.append(
+                [
+                    f"{r['genes']:,}",
+                    label,
+                    f"{run['rss_gb']['read']:.2f}",
+                    f"{run['peak_gb']['setup']:.2f}",
+                    f"{run['peak_gb']['fit']:.2f}",
+                    f"{run['peak_gb']['latent']:.2f}",
+                    f"{run['cells_per_s']:,.0f}" if run["cells_per_s"] else "-",
+                ]
+            )
+    return "\n\n".join(
+        [
+            f"`{record['command']}`. Machine: {record['machine']} (CPU only, other jobs on the "
+            f"same cores). Versions: {versions_text(record['versions'])}; {scvi}.",
+            "Peak resident memory (GiB, `VmHWM`) of each fit's own process, from its start to the "
+            f"end of the fit (imports, reading the h5ad, setup, {s['steps']} training steps at "
+            "batch size 128 and, for scvae, the BatchNorm recalibration); the last two columns "
+            "include embedding every cell afterwards. Counts: the bytes of the CSR's data, "
+            "indices and indptr (float32, int32). PBMC 3k cells resampled with binomial "
+            "thinning, `speed.py`'s equal settings, one torch thread.",
+            md_table(header, lines, "llllllll"),
+            "By stage: resident memory after reading the h5ad, and the peak within each later "
+            "stage (setup: building the model, scVI's `setup_anndata` included; cells/s over the "
+            "timed steps, on a loaded machine).",
+            md_table(stage_header, stages, "lllllll"),
+        ]
+    )
+
+
 # ---------------------------------------------------------------------------------- compare
 TITLES = {
     "scvae-same": "scvae (same)",
@@ -958,6 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = p.parse_args(argv)
     if args.show:
+    "memory": ("## Memory at atlas size", render_memory),
         source = args.source or args.records
         print(SECTIONS[args.show][1](read_result(source / f"{args.show}.json")))
         return 0

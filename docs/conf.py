@@ -128,7 +128,13 @@ copybutton_prompt_is_regexp = True
 TUTORIALS_SRC = ROOT / "tutorials"
 TUTORIALS_DST = DOCS / "tutorials"
 #: Reading order in the tutorials toctree; notebooks not listed here follow alphabetically.
-TUTORIAL_ORDER = ["pbmc3k", "batch_integration", "model_comparison", "diagnostics"]
+TUTORIAL_ORDER = [
+    "pbmc3k",
+    "batch_integration",
+    "label_transfer",
+    "model_comparison",
+    "diagnostics",
+]
 TOCTREE_MARKER = "<!-- tutorials: generated toctree entries -->"
 
 
