@@ -569,6 +569,68 @@ def render_defaults(record: Record) -> str:
     return f"`{record['command']}`.\n\n" + md_table(header, lines, "l" + "r" * (len(header) - 1))
 
 
+def _elbo_at(trace: list[dict[str, Any]], seconds: float) -> float | None:
+    """The best validation ELBO scored within ``seconds`` training seconds (None: none yet)."""
+    seen = [p["validation_elbo"] for p in trace if p["seconds"] <= seconds]
+    return max(seen) if seen else None
+
+
+def render_defaults_large(record: Record) -> str:
+    """The tables of ``defaults_large.py``: time to targets, and the ELBO against time."""
+    s, targets = record["settings"], record["targets"]
+    load = record["load_before_after"]
+    per_fit = [r["load_before_after"] for r in record["rows"]]
+    unit = "CPU s" if s.get("accelerator", "cpu") == "cpu" else "wall s"
+    header = ["batch, lr", "best validation ELBO", f"training {unit}", "epochs", "cells/s"]
+    header += [f"{unit} to {t:g}" for t in targets]
+    lines = []
+    for r in record["rows"]:
+        reached = []
+        for t in targets:
+            hit = [p["seconds"] for p in r["trace"] if p["validation_elbo"] >= t]
+            reached.append(f"{hit[0]:.0f}" if hit else "-")
+        lines.append(
+            [
+                r["setting"],
+                f"{r['best']:.2f}",
+                f"{r['train_s']:.0f}",
+                f"{r['epochs']:.1f}",
+                f"{r['cells_per_s']:,.0f}",
+                *reached,
+            ]
+        )
+    budget = s["budget_cpu_s"]
+    marks = [budget * k / 5 for k in range(1, 6)]
+    curve = []
+    for r in record["rows"]:
+        values = [_elbo_at(r["trace"], m) for m in marks]
+        curve.append([r["setting"], *("-" if v is None else f"{v:.2f}" for v in values)])
+    curve_header = ["batch, lr", *(f"best by {m:.0f} {unit}" for m in marks)]
+    warmups = ", ".join(f"{r['setting']}: {r['kl_warmup']}" for r in record["rows"])
+    loads = ", ".join(f"{a:g} / {b:g}" for a, b in per_fit)
+    epochs = max(10, min(400, round(400 * 20_000 / s["n_cells"])))  # fit's default rule
+    return "\n\n".join(
+        [
+            f"{_provenance(record)}. Machine: {record['machine']}; load average "
+            f"{load[0]:g} before and {load[1]:g} after the run (per fit, before / after: "
+            f"{loads}), other jobs running on the same cores throughout.",
+            f"Versions: {versions_text(record['versions'])}.",
+            f"{s['n_cells']:,} PBMC 3k cells resampled with binomial thinning x "
+            f"{s['n_genes']:,} highly variable genes ({s['nnz']:,} non-zeros); `ZINBVAE` and "
+            f"`fit()` defaults but for the batch size and lr (10 % validation cells, seed "
+            f"{s['seed']}, the same cells for every setting; KL warm-up a tenth of the default "
+            f"{epochs} epochs' steps: {warmups}); {s['parallel']} settings at once, one process "
+            f"and one torch thread each; each trains for {budget:.0f} CPU s of its training thread "
+            f"(validation excluded) and scores all validation cells every {s['every_s']:.0f} "
+            "training s (mean ELBO per cell, nats). Targets: the lowest of the best ELBOs, "
+            "rounded down, and 2 and 10 nats below it.",
+            md_table(header, lines, "l" + "r" * (len(header) - 1)),
+            f"Best validation ELBO scored by each point of the budget (training {unit}):",
+            md_table(curve_header, curve, "l" + "r" * len(marks)),
+        ]
+    )
+
+
 # --------------------------------------------------------------------------------------- de
 DE_METHODS = (
     "scanpy wilcoxon",
@@ -956,9 +1018,11 @@ SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "heldout": ("## Held-out log p(x): scvae ZINBVAE against scvi-tools SCVI", render_heldout),
     "baselines": ("## Baselines: held-out likelihood and clustering", render_baselines),
     "speed": ("## Speed against scvi-tools", render_speed),
+    "memory": ("## Memory at atlas size", render_memory),
     "compare": ("## scvae vs scvi-tools vs scanpy", render_compare),
     "gmm_speed": ("## GMM: scvae against scikit-learn", render_gmm_speed),
     "defaults": ("## Training defaults", render_defaults),
+    "defaults_large": ("## Training defaults at 300k cells", render_defaults_large),
     "de": ("## Differential expression", render_de),
     "label_transfer": ("## Label transfer", render_label_transfer),
 }
@@ -1018,7 +1082,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = p.parse_args(argv)
     if args.show:
-    "memory": ("## Memory at atlas size", render_memory),
         source = args.source or args.records
         print(SECTIONS[args.show][1](read_result(source / f"{args.show}.json")))
         return 0
