@@ -705,6 +705,113 @@ def step_clock(warmup_steps: int, timed_s: float, max_timed_steps: int):  # -> C
     return StepClock()
 
 
+def elbo_clock(
+    every_s: float,
+    budget_s: float,
+    timer: Callable[[], float] = time.thread_time,
+    path: Path | None = None,
+):  # -> lightning Callback
+    """A Lightning callback that scores the validation cells every ``every_s`` training seconds.
+
+    For scvae's :class:`~scvae.train.TrainingPlan` (``fit(callbacks=[...])``): training time is
+    ``timer`` (``time.thread_time``: CPU seconds of the training thread, which other jobs on the
+    machine do not inflate; ``time.perf_counter``: wall seconds) with every validation pass,
+    the fit's own after each epoch and this callback's, left out. After the first training step
+    past each multiple of ``every_s`` it computes the mean ELBO of the fit's validation cells
+    (``pl_module.val_loader``, eval mode, KL weight 1, one Monte Carlo sample per cell, the
+    torch RNG restored afterwards so the training stream is unchanged); past ``budget_s`` it
+    scores once more and sets ``trainer.should_stop``.
+
+    Parameters
+    ----------
+    every_s
+        Training seconds between two scorings.
+    budget_s
+        Training seconds after which the fit stops.
+    timer
+        The clock.
+    path
+        A JSON file rewritten with the trace after every scoring (None: none), so that a fit
+        killed at a time limit leaves what it measured.
+
+    Returns
+    -------
+    lightning.pytorch.Callback
+        With ``trace``: one ``{"seconds", "step", "cells", "epoch", "kl_weight",
+        "validation_elbo", "eval_s"}`` per scoring (the first at step 0, before training).
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    class ElboClock(pl.Callback):
+        def __init__(self) -> None:
+            self.trace: list[dict[str, float]] = []
+            self.seconds = 0.0
+            self.cells = 0
+            self._last = 0.0
+            self._next = 0.0
+            self._validation_start = 0.0
+
+        def _sync(self, pl_module) -> None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+
+        def _score(self, trainer, pl_module) -> None:
+            t0 = timer()
+            state = torch.random.get_rng_state()
+            cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            was_training = pl_module.training
+            pl_module.eval()
+            total, count = 0.0, 0
+            with torch.no_grad():
+                for batch in pl_module.val_loader:
+                    out = pl_module.module.loss(batch, kl_weight=1.0)
+                    total += float(out.elbo.double().sum())
+                    count += int(batch.n_cells)
+            if was_training:
+                pl_module.train()
+            torch.random.set_rng_state(state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            self.trace.append(
+                {
+                    "seconds": self.seconds,
+                    "step": int(trainer.global_step),
+                    "cells": self.cells,
+                    "epoch": int(trainer.current_epoch),
+                    "kl_weight": float(pl_module.kl_weight),
+                    "validation_elbo": total / max(count, 1),
+                    "eval_s": timer() - t0,
+                }
+            )
+            self._next += every_s
+            if path is not None:
+                Path(path).write_text(json.dumps(self.trace))
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self._score(trainer, pl_module)
+            self._last = timer()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self._sync(pl_module)
+            now = timer()
+            self.seconds += now - self._last
+            self.cells += int(batch.n_cells)
+            if self.seconds >= self._next or self.seconds >= budget_s:
+                self._score(trainer, pl_module)
+                if self.seconds >= budget_s:
+                    trainer.should_stop = True
+            self._last = timer()
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            self._validation_start = timer()
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self._last += timer() - self._validation_start
+
+    return ElboClock()
+
+
 def cuda_peak_gb(reset: bool = False) -> float | None:
     """Peak memory torch allocated on the current CUDA device, in GiB (None without CUDA).
 

@@ -576,7 +576,19 @@ def _elbo_at(trace: list[dict[str, Any]], seconds: float) -> float | None:
 
 
 def render_defaults_large(record: Record) -> str:
-    """The tables of ``defaults_large.py``: time to targets, and the ELBO against time."""
+    """The tables of ``defaults_large.py``: the record's run, then each of its ``more_runs``.
+
+    A further run (another ``defaults_large.py`` result, with its own command, load and
+    targets) is kept in the record's ``more_runs`` and rendered the same way after the first.
+    """
+    parts = [_defaults_large_run(record)]
+    for run in record.get("more_runs", []):
+        parts += [f"### {run['title']}", _defaults_large_run({**record, **run})]
+    return "\n\n".join(parts)
+
+
+def _defaults_large_run(record: Record) -> str:
+    """One run of ``defaults_large.py``: time to targets, and the ELBO against time."""
     s, targets = record["settings"], record["targets"]
     load = record["load_before_after"]
     per_fit = [r["load_before_after"] for r in record["rows"]]
@@ -603,7 +615,8 @@ def render_defaults_large(record: Record) -> str:
     marks = [budget * k / 5 for k in range(1, 6)]
     curve = []
     for r in record["rows"]:
-        values = [_elbo_at(r["trace"], m) for m in marks]
+        # the last mark: the whole trace (the final scoring comes a step past the budget)
+        values = [_elbo_at(r["trace"], m) for m in marks[:-1]] + [r["best"]]
         curve.append([r["setting"], *("-" if v is None else f"{v:.2f}" for v in values)])
     curve_header = ["batch, lr", *(f"best by {m:.0f} {unit}" for m in marks)]
     warmups = ", ".join(f"{r['setting']}: {r['kl_warmup']}" for r in record["rows"])
@@ -622,8 +635,11 @@ def render_defaults_large(record: Record) -> str:
             f"{epochs} epochs' steps: {warmups}); {s['parallel']} settings at once, one process "
             f"and one torch thread each; each trains for {budget:.0f} CPU s of its training thread "
             f"(validation excluded) and scores all validation cells every {s['every_s']:.0f} "
-            "training s (mean ELBO per cell, nats). Targets: the lowest of the best ELBOs, "
-            "rounded down, and 2 and 10 nats below it.",
+            "training s (mean ELBO per cell, nats). "
+            + record.get(
+                "targets_note",
+                "Targets: the lowest of the best ELBOs, rounded down, and 2 and 10 nats below it.",
+            ),
             md_table(header, lines, "l" + "r" * (len(header) - 1)),
             f"Best validation ELBO scored by each point of the budget (training {unit}):",
             md_table(curve_header, curve, "l" + "r" * len(marks)),

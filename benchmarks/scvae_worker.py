@@ -30,6 +30,11 @@ Job keys (missing keys take the value in brackets)
 ``clock`` [null]
     ``"wall"`` or ``"cpu"``: time every training epoch (validation excluded) with
     ``_common.epoch_clock``.
+``elbo_clock`` [null]
+    ``{"every_s": E, "budget_s": B}``: score the fit's validation cells every ``E`` training
+    seconds (the ``clock``'s kind, CPU by default) and stop the fit after ``B``
+    (``_common.elbo_clock``); the trace goes to ``elbo_trace`` (and, with ``"trace_path"``,
+    to that file after every scoring). Needs a validation split.
 ``iwae_samples`` [0], ``heldout_elbo`` [false], ``latent`` [null]
     Score the held-out cells by the IWAE estimate of log p(x) with K samples (0: not) and by
     the ELBO; return the posterior means of ``"all"`` cells (file order) or of the
@@ -68,6 +73,7 @@ import numpy as np
 from _common import (
     cuda_device_name,
     cuda_peak_gb,
+    elbo_clock,
     epoch_clock,
     fit_summary,
     load_average,
@@ -114,6 +120,14 @@ def fit_zinbvae(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     if job.get("clock"):
         clock = epoch_clock(time.thread_time if job["clock"] == "cpu" else time.perf_counter)
         run["callbacks"] = [clock]
+    tracer = None
+    if job.get("elbo_clock"):
+        spec = job["elbo_clock"]
+        timer = time.perf_counter if job.get("clock") == "wall" else time.thread_time
+        tracer = elbo_clock(
+            float(spec["every_s"]), float(spec["budget_s"]), timer, spec.get("trace_path")
+        )
+        run["callbacks"] = [*run.get("callbacks", []), tracer]
     if job.get("kl_warmup") is not None:
         run["n_steps_kl_warmup"] = int(job["kl_warmup"])
     if job.get("settings", "same") == "same":
@@ -196,6 +210,8 @@ def fit_zinbvae(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         meta["validation_times"] = clock.validation_times
         # every minibatch is full except perhaps the last: at most the training cells
         meta["cells_per_epoch"] = min(n_fit, clock.n_batches * fit.get("batch_size", 128))
+    if tracer is not None:
+        meta["elbo_trace"] = tracer.trace
     return meta, arrays
 
 
