@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,12 +83,23 @@ class BackedCounts:
         (N,) stored values of each row after canonicalization.
     log_x_factorial
         (N,) float32 ``sum_g lgamma(x_g + 1)`` of each cell.
+    reopen
+        Returns the matrix again (``adata.X`` of the same AnnData, which anndata reopens):
+        used when a read fails because the file was closed under us, as anndata does to
+        the whole AnnData when a view of it is loaded (``adata[cells].to_memory()``).
     """
 
     def __init__(
-        self, matrix: Any, *, where: str, row_nnz: np.ndarray, log_x_factorial: np.ndarray
+        self,
+        matrix: Any,
+        *,
+        where: str,
+        row_nnz: np.ndarray,
+        log_x_factorial: np.ndarray,
+        reopen: Callable[[], Any] | None = None,
     ) -> None:
         self._matrix = matrix
+        self._reopen = reopen
         self.where = where
         self.shape: tuple[int, int] = (int(matrix.shape[0]), int(matrix.shape[1]))
         self.row_nnz = row_nnz
@@ -97,14 +108,21 @@ class BackedCounts:
 
     def read(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` as one canonical float32 CSR (see :func:`scvae.data._to_csr`)."""
-        return _to_csr(self._matrix[start:stop])
+        try:
+            rows = self._matrix[start:stop]
+        except Exception:  # e.g. h5py's "invalid identifier" once the file was closed
+            if self._reopen is None:
+                raise
+            self._matrix = self._reopen()  # once: a second failure is a real one
+            rows = self._matrix[start:stop]
+        return _to_csr(rows)
 
     def fingerprint_arrays(self) -> tuple[np.ndarray, ...]:
         """What identifies these counts for a checkpoint (no read of the matrix)."""
         return (np.asarray(self.shape), self.row_nnz, self.log_x_factorial)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_matrix", "row_nnz", "log_x_factorial"):
+        if name.startswith("__") or name in ("_matrix", "_reopen", "row_nnz", "log_x_factorial"):
             raise AttributeError(name)
         raise AttributeError(
             f"The counts ({self.__dict__.get('where', 'adata.X')}) of a backed AnnData stay on "
@@ -259,6 +277,7 @@ def read_backed_counts(
         where=where,
         row_nnz=np.concatenate(row_nnz),
         log_x_factorial=np.concatenate(log_x_factorial).astype(np.float32, copy=False),
+        reopen=lambda: _backed_matrix(adata, layer)[0],
     )
     return X, library_size
 
@@ -411,6 +430,12 @@ class BlockMinibatches:
         self.device = torch.device(device)
         self.resident = resident is None or resident
         return self
+
+    @property
+    def cells(self) -> np.ndarray:
+        """Positions in ``data`` of the cells this loader serves (its shard under DDP), as
+        :attr:`scvae.minibatch.CSRMinibatches.cells`."""
+        return self.indices
 
     @property
     def n_cells_per_epoch(self) -> int:

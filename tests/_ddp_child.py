@@ -1,11 +1,12 @@
 """Child process of tests/test_ddp.py: one seeded fit, on one or two CPU processes.
 
-Usage: python _ddp_child.py OUT_DIR N_PROCESSES BATCH_SIZE MAX_EPOCHS PATIENCE SEED
+Usage: python _ddp_child.py OUT_DIR N_PROCESSES BATCH_SIZE MAX_EPOCHS PATIENCE SEED [backed]
 
 With N_PROCESSES=2 this runs Lightning's DDP (gloo) on the CPU: Lightning starts the second
 process by running this script again. Every rank writes ``OUT_DIR/rank<r>.json``: the cells
 of its training and validation shards, the history, the held-out ELBO of the fitted model,
-and (rank 0) a save/load round trip.
+and (rank 0) a save/load round trip. With ``backed`` the cells are written to an h5ad file and
+read from it on disk (``backed="r"``), so each rank reads its shard in row blocks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -34,10 +36,15 @@ class Shards(pl.Callback):
 
 def main() -> None:
     torch.set_num_threads(1)
-    out, world, batch_size, max_epochs, patience, seed = sys.argv[1:]
+    out, world, batch_size, max_epochs, patience, seed, *backed = sys.argv[1:]
     adata = scvae.datasets.simulate(
         n_cells=600, n_genes=80, n_clusters=3, n_batches=2, n_latent=2, seed=1
     )
+    if backed:
+        path = Path(out) / "cells.h5ad"
+        if not path.exists():  # rank 0 writes it before Lightning starts the other ranks
+            adata.write_h5ad(path)
+        adata = ad.read_h5ad(path, backed="r")
     model = scvae.ZINBVAE(adata, batch_key="batch", n_latent=4, n_hidden=32)
     shards = Shards()
     model.fit(
@@ -53,6 +60,8 @@ def main() -> None:
     )
     rank = model.training["global_rank"]
     held_out = adata[model.validation_indices]
+    if backed:
+        held_out = held_out.to_memory()
     latent = model.get_latent()
     record = {
         "world_size": model.training["world_size"],

@@ -309,3 +309,16 @@ def test_unsupported_on_backed_refused(trained: scvae.ZINBVAE, backed: AnnData) 
     with pytest.raises(ValueError, match="backed"):
         backed_view = backed[:10]
         scvae.ZINBVAE(backed_view)
+
+
+def test_getters_survive_anndata_closing_the_file(tmp_path: Path) -> None:
+    # anndata closes the file of the whole AnnData when a view of it is loaded
+    path = tmp_path / "cells.h5ad"
+    scvae.datasets.simulate(n_cells=120, n_genes=30, n_batches=2, seed=0).write_h5ad(path)
+    adata = ad.read_h5ad(path, backed="r")
+    model = scvae.NBVAE(adata, n_latent=2, n_hidden=8)
+    model.fit(max_epochs=2, progress_bar=False)
+    before = model.get_latent()
+    adata[np.arange(10)].to_memory()
+    assert not adata.file.is_open
+    np.testing.assert_array_equal(model.get_latent(), before)

@@ -25,11 +25,12 @@ from scvae.minibatch import CSRMinibatches
 CHILD = Path(__file__).with_name("_ddp_child.py")
 
 
-def _fit(out: Path, world: int, batch_size: int) -> list[dict]:
+def _fit(out: Path, world: int, batch_size: int, *, backed: bool = False) -> list[dict]:
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    options = [str(world), str(batch_size), "150", "10", "3", *(["backed"] if backed else [])]
     run = subprocess.run(
-        [sys.executable, str(CHILD), str(out), str(world), str(batch_size), "150", "10", "3"],
+        [sys.executable, str(CHILD), str(out), *options],
         capture_output=True,
         text=True,
         timeout=600,
@@ -39,10 +40,19 @@ def _fit(out: Path, world: int, batch_size: int) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One process, minibatch 64, in memory: the reference of both DDP runs."""
+    (record,) = _fit(tmp_path_factory.mktemp("ddp") / "one", 1, 64)
+    return record
+
+
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path) -> None:
-    (single,) = _fit(tmp_path / "one", 1, 64)
-    ranks = _fit(tmp_path / "two", 2, 32)
+@pytest.mark.parametrize("backed", [False, True], ids=["in_memory", "backed"])
+def test_ddp_on_two_cpu_processes_matches_one_process(
+    tmp_path: Path, single: dict, backed: bool
+) -> None:
+    ranks = _fit(tmp_path / "two", 2, 32, backed=backed)
     zero, one = ranks
     # disjoint shards that cover every training and validation cell
     for part in ("train", "validation"):
