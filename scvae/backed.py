@@ -34,7 +34,7 @@ import torch
 from anndata import AnnData
 
 from scvae.data import CellData, _check_cells, _check_values, _listing, _to_csr
-from scvae.minibatch import CSRMinibatches, Minibatch
+from scvae.minibatch import CSRMinibatches, Minibatch, shard_batches
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -399,25 +399,16 @@ class BlockMinibatches:
         -------
         ``self``, restricted to its shard.
         """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
-        if self.shard_of != (0, 1):
-            raise RuntimeError(f"This loader is already a shard {self.shard_of}.")
         n_all = len(self._all_indices)
-        if n_all < world_size:
-            raise ValueError(
-                f"{n_all} cells cannot be shared by {world_size} processes: each needs at "
-                "least one; use fewer devices."
-            )
+        n_batches = shard_batches(n_all, rank, world_size, self.batch_size, self.shard_of)
         # contiguous shards: each rank reads its own rows of the file, none reads the others'
         self.indices = np.array_split(self._all_indices, world_size)[rank]
         self.shard_of = (rank, world_size)
         self.generator = torch.Generator().manual_seed(self.seed + rank)
         if self.shuffle:
             self._set_count(n_all // world_size)
-        else:  # the same number of minibatches on every rank (the largest shard's)
-            largest = -(-n_all // world_size)
-            self._n_batches = max(1, min(-(-largest // self.batch_size), n_all // world_size))
+        else:  # the same number of minibatches on every rank
+            self._n_batches = n_batches
         return self
 
     def to(self, device: torch.device | str, *, resident: bool | None = None) -> BlockMinibatches:

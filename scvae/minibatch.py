@@ -23,7 +23,7 @@ from scvae.data import CellData
 from scvae.distributions import NonZeros
 from scvae.nn import Covariates
 
-__all__ = ["CSRMinibatches", "Covariates", "Minibatch", "sparse_input_pays"]
+__all__ = ["CSRMinibatches", "Covariates", "Minibatch", "shard_batches", "sparse_input_pays"]
 
 #: Largest fraction of non-zero counts at which the encoders read their input sparsely on the
 #: CPU, and the fewest genes (measured at 27e3092; `benchmarks/speed.py --genes 1000 2000 5000 all`
@@ -267,16 +267,8 @@ class CSRMinibatches:
         -------
         ``self``, restricted to its shard.
         """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
-        if self.shard_of != (0, 1):
-            raise RuntimeError(f"This loader is already a shard {self.shard_of}.")
         n_all = len(self._host_indices)
-        if n_all < world_size:
-            raise ValueError(
-                f"{n_all} cells cannot be shared by {world_size} processes: each needs at "
-                "least one; use fewer devices."
-            )
+        n_batches = shard_batches(n_all, rank, world_size, self.batch_size, self.shard_of)
         keep = np.sort(self._host_indices[rank::world_size])
         self._restrict(keep)
         self.shard_of = (rank, world_size)
@@ -285,9 +277,8 @@ class CSRMinibatches:
             rest = self._n_serve % self.batch_size
             self.drop_last = self.drop_last_requested and 0 < rest < 3 and self._n_serve > 3
             self.generator = torch.Generator().manual_seed(self.seed + rank)
-        else:  # the same number of minibatches on every rank (the largest shard's)
-            largest = -(-n_all // world_size)
-            self._n_batches = max(1, min(-(-largest // self.batch_size), n_all // world_size))
+        else:  # the same number of minibatches on every rank
+            self._n_batches = n_batches
         return self
 
     def _restrict(self, keep: np.ndarray) -> None:
@@ -381,6 +372,46 @@ class CSRMinibatches:
         for b in range(len(bounds) - 1):
             batch = self.gather(rows[bounds[b] : bounds[b + 1]], int(nnz[b + 1] - nnz[b]))
             yield batch.to(self.device, non_blocking=True) if streaming else batch
+
+
+def shard_batches(
+    n_cells: int, rank: int, world_size: int, batch_size: int, shard_of: tuple[int, int]
+) -> int:
+    """Check a request to shard a loader; return the minibatches of an in-order shard.
+
+    Every rank's in-order (validation) shard is served in this many minibatches, that of the
+    largest shard (but never more than the smallest shard's cells), so that no rank waits for
+    another in a collective.
+
+    Parameters
+    ----------
+    n_cells
+        Cells of the loader before sharding.
+    rank, world_size
+        The process's global rank and the number of processes.
+    batch_size
+        Cells per minibatch.
+    shard_of
+        The loader's current ``(rank, world_size)``; ``(0, 1)`` when it is not a shard.
+
+    Raises
+    ------
+    ValueError
+        A rank outside ``[0, world_size)``, or fewer cells than processes.
+    RuntimeError
+        The loader is a shard already.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
+    if shard_of != (0, 1):
+        raise RuntimeError(f"This loader is already a shard {shard_of}.")
+    if n_cells < world_size:
+        raise ValueError(
+            f"{n_cells} cells cannot be shared by {world_size} processes: each needs at "
+            "least one; use fewer devices."
+        )
+    largest = -(-n_cells // world_size)
+    return max(1, min(-(-largest // batch_size), n_cells // world_size))
 
 
 def _optional_tensor(array: np.ndarray | None) -> torch.Tensor | None:
