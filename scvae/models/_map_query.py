@@ -23,6 +23,7 @@ unchanged, the reference cells' latent is bit for bit the same under the mapped 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 import warnings
@@ -110,24 +111,22 @@ def map_query(
     )
     _check_new_cells(model, adata)
     data = model._transform(data, model.config)
-    config = TrainConfig(
-        max_epochs=checks.optional_positive_int("max_epochs", max_epochs)
-        or default_map_epochs(data.X.shape[0]),
-        batch_size=checks.positive_int("batch_size", batch_size, minimum=2),
-        lr=checks.fraction("lr", lr, low=0.0, high=float("inf"), include_low=False),
-        weight_decay=checks.fraction("weight_decay", weight_decay, low=0.0, high=np.inf),
-        train_size=checks.fraction("train_size", train_size, low=0.0, include_low=False),
-        early_stopping=bool(early_stopping),
-        patience=checks.positive_int("patience", patience),
-        n_steps_kl_warmup=checks.optional_positive_int(
-            "n_steps_kl_warmup", n_steps_kl_warmup, minimum=0
-        ),
-        seed=checks.resolve_seed(seed),
+    config = TrainConfig.validated(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        train_size=train_size,
+        early_stopping=early_stopping,
+        patience=patience,
+        n_steps_kl_warmup=n_steps_kl_warmup,
+        seed=seed,
         accelerator=accelerator,
         devices=devices,
-        progress_bar=bool(progress_bar),
-        checkpoint_dir=None,
+        progress_bar=progress_bar,
     )
+    if config.max_epochs is None:
+        config = dataclasses.replace(config, max_epochs=default_map_epochs(data.X.shape[0]))
     n_reference = model.setup.n_batch
     n_new_batches = len(new["batch"])
     categorical_keys = model.setup.covariates.categorical_keys

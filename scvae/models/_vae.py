@@ -310,25 +310,23 @@ class VAEModel(VAEQueries, DifferentialExpression, SavedModel):
         from scvae.train import TrainConfig, train_vae  # Lightning: imported lazily
 
         data = self._require_training_data()
-        config = TrainConfig(
-            max_epochs=checks.optional_positive_int("max_epochs", max_epochs),
-            batch_size=checks.positive_int("batch_size", batch_size, minimum=2),
-            lr=checks.fraction("lr", lr, low=0.0, high=float("inf"), include_low=False),
-            weight_decay=checks.fraction("weight_decay", weight_decay, low=0.0, high=np.inf),
-            train_size=checks.fraction("train_size", train_size, low=0.0, include_low=False),
-            early_stopping=bool(early_stopping),
-            patience=checks.positive_int("patience", patience),
-            n_steps_kl_warmup=checks.optional_positive_int(
-                "n_steps_kl_warmup", n_steps_kl_warmup, minimum=0
-            ),
-            seed=checks.resolve_seed(seed),
+        config = TrainConfig.validated(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            train_size=train_size,
+            early_stopping=early_stopping,
+            patience=patience,
+            n_steps_kl_warmup=n_steps_kl_warmup,
+            seed=seed,
             accelerator=accelerator,
             devices=devices,
-            num_nodes=checks.positive_int("num_nodes", num_nodes),
+            num_nodes=num_nodes,
             strategy=strategy,
-            precision=checks.choice("precision", precision, ("32-true", "bf16-mixed")),
-            progress_bar=bool(progress_bar),
-            checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+            precision=precision,
+            progress_bar=progress_bar,
+            checkpoint_dir=checkpoint_dir,
         )
         log_mean, log_var = library_log_prior(
             data.library_size, data.batch_index, self.setup.n_batch

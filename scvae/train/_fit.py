@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from scvae import checks
 from scvae.backed import BlockMinibatches, minibatches
 from scvae.data import CellData
 from scvae.minibatch import CSRMinibatches
@@ -92,6 +94,53 @@ class TrainConfig:
     precision: str = "32-true"
     progress_bar: bool = True
     checkpoint_dir: str | None = None
+
+    @classmethod
+    def validated(
+        cls,
+        *,
+        max_epochs: object = None,
+        batch_size: object = 128,
+        lr: object = 1e-3,
+        weight_decay: object = 1e-6,
+        train_size: object = 0.9,
+        early_stopping: object = True,
+        patience: object = 30,
+        n_steps_kl_warmup: object = None,
+        seed: object = 0,
+        accelerator: str = "auto",
+        devices: Any = "auto",
+        num_nodes: object = 1,
+        strategy: str = "auto",
+        precision: object = "32-true",
+        progress_bar: object = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+    ) -> TrainConfig:
+        """The options of a user's ``fit`` call, checked (clear errors) and normalized.
+
+        ``seed=None`` draws a random seed; the other options mean what
+        :meth:`scvae.models.VAEModel.fit` documents.
+        """
+        return cls(
+            max_epochs=checks.optional_positive_int("max_epochs", max_epochs),
+            batch_size=checks.positive_int("batch_size", batch_size, minimum=2),
+            lr=checks.fraction("lr", lr, low=0.0, high=float("inf"), include_low=False),
+            weight_decay=checks.fraction("weight_decay", weight_decay, low=0.0, high=np.inf),
+            train_size=checks.fraction("train_size", train_size, low=0.0, include_low=False),
+            early_stopping=bool(early_stopping),
+            patience=checks.positive_int("patience", patience),
+            n_steps_kl_warmup=checks.optional_positive_int(
+                "n_steps_kl_warmup", n_steps_kl_warmup, minimum=0
+            ),
+            seed=checks.resolve_seed(seed),
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=checks.positive_int("num_nodes", num_nodes),
+            strategy=strategy,
+            precision=checks.choice("precision", precision, ("32-true", "bf16-mixed")),
+            progress_bar=bool(progress_bar),
+            checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -233,10 +282,14 @@ def train_vae(
     # early stopping needs validation cells: with train_size=1.0 it is off (recorded)
     early_stopping = config.early_stopping and len(val_idx) > 0
     max_epochs = config.max_epochs or default_max_epochs(n_cells)
-    train_loader = minibatches(
-        data, train_idx, batch_size=config.batch_size, shuffle=True, drop_last=True,
-        seed=config.seed,
-    )  # fmt: skip
+
+    def training_minibatches() -> CSRMinibatches | BlockMinibatches:
+        return minibatches(
+            data, train_idx, batch_size=config.batch_size, shuffle=True, drop_last=True,
+            seed=config.seed,
+        )  # fmt: skip
+
+    train_loader = training_minibatches()
     val_loader = (
         minibatches(data, val_idx, batch_size=max(config.batch_size, 1024), shuffle=False)
         if len(val_idx)
@@ -311,12 +364,9 @@ def train_vae(
     device = plan.device
     module.to(device)
     world_size, global_rank = trainer.world_size, trainer.global_rank
-    if world_size > 1:  # the training loader holds one shard: recalibrate on every cell
-        train_loader = minibatches(
-            data, train_idx, batch_size=config.batch_size, shuffle=True, drop_last=True,
-            seed=config.seed,
-        )  # fmt: skip
     if kept_statistics is None:
+        if world_size > 1:  # the training loader holds one shard: recalibrate on every cell
+            train_loader = training_minibatches()
         recalibrate_batchnorm(module, train_loader.to(device))
     else:  # the reference's running statistics, exactly
         for norm, state in zip(norms, kept_statistics, strict=True):
