@@ -30,6 +30,7 @@ from scvae.train._callbacks import (
     _fingerprint,
     _resumable,
 )
+from scvae.train._heap import reuse_freed_memory
 from scvae.train._plan import TrainingDivergedError, TrainingPlan, default_max_epochs, split_cells
 
 __all__ = ["TrainConfig", "TrainResult", "recalibrate_batchnorm", "train_vae"]
@@ -353,24 +354,25 @@ def train_vae(
             deterministic=False,
             gradient_clip_val=None,
         )
-        try:
-            trainer.fit(plan, ckpt_path=resume, weights_only=False)
-        except TrainingDivergedError as err:
-            raise TrainingDivergedError(str(err)) from None
-        finally:
-            interrupt.restore()
-    if checkpoint is not None and not interrupt.interrupted:
-        checkpoint.path.unlink(missing_ok=True)  # the fit is complete: nothing to resume
-    device = plan.device
-    module.to(device)
-    world_size, global_rank = trainer.world_size, trainer.global_rank
-    if kept_statistics is None:
-        if world_size > 1:  # the training loader holds one shard: recalibrate on every cell
-            train_loader = training_minibatches()
-        recalibrate_batchnorm(module, train_loader.to(device))
-    else:  # the reference's running statistics, exactly
-        for norm, state in zip(norms, kept_statistics, strict=True):
-            norm.load_state_dict(state)
+        with reuse_freed_memory():
+            try:
+                trainer.fit(plan, ckpt_path=resume, weights_only=False)
+            except TrainingDivergedError as err:
+                raise TrainingDivergedError(str(err)) from None
+            finally:
+                interrupt.restore()
+            if checkpoint is not None and not interrupt.interrupted:
+                checkpoint.path.unlink(missing_ok=True)  # complete: nothing to resume
+            device = plan.device
+            module.to(device)
+            world_size, global_rank = trainer.world_size, trainer.global_rank
+            if kept_statistics is None:
+                if world_size > 1:  # the loader holds one shard: recalibrate on every cell
+                    train_loader = training_minibatches()
+                recalibrate_batchnorm(module, train_loader.to(device))
+            else:  # the reference's running statistics, exactly
+                for norm, state in zip(norms, kept_statistics, strict=True):
+                    norm.load_state_dict(state)
     module.eval()
     if interrupt.interrupted:
         kept = (
