@@ -314,22 +314,29 @@ class _NBFamilySum(torch.autograd.Function):
             if ctx.needs_input_grad[2]:
                 grad_h = (p - torch.sigmoid(zi_logits)).mul_(g)  # (..., B, G)
                 _add_at(grad_h, flat, -p_nz * g_nz)
-            g_n0 = p.neg_().add_(1.0).mul_(g)  # (..., B, G) (1 - p) * grad
+            # minus d/dn0 = (p - 1) * grad: the minus sign rides along, so that the two
+            # gradients below each take one pass fewer
+            minus_g_n0 = p.sub_(1.0).mul_(g)  # (..., B, G)
         else:
             p_nz = None
-            g_n0 = g.expand_as(u)
+            minus_g_n0 = g.neg().expand_as(u)
         grad_log_mu = grad_log_theta = None
         if ctx.needs_input_grad[1]:
-            grad_full = (theta_s + n0).mul_(g_n0)  # (..., B, G) theta (s - r) * d/dn0
-            d_theta_nz = theta_nz * (torch.digamma(x + theta_nz) - torch.digamma(theta_nz)) + x * (
+            # minus theta (s - r) * d/dn0, negated once summed over the cells
+            minus_grad = (theta_s + n0).mul_(minus_g_n0)  # (..., B, G)
+            if theta.dim() == 1:
+                digamma_theta_nz = torch.digamma(theta).index_select(0, col)  # once per gene
+            else:
+                digamma_theta_nz = torch.digamma(theta_nz)
+            d_theta_nz = theta_nz * (torch.digamma(x + theta_nz) - digamma_theta_nz) + x * (
                 s_nz - 1.0
             )
             if zinb:
                 d_theta_nz = d_theta_nz + p_nz * theta_nz * (s_nz - r_nz)
-            _add_at(grad_full, flat, d_theta_nz * g_nz)
-            grad_log_theta = grad_full.sum_to_size(ctx.log_theta_shape)
+            _add_at(minus_grad, flat, d_theta_nz * -g_nz)
+            grad_log_theta = minus_grad.sum_to_size(ctx.log_theta_shape).neg_()
         if ctx.needs_input_grad[0]:
-            grad_log_mu = theta_s.mul_(g_n0).neg_()  # (..., B, G) reuses theta s
+            grad_log_mu = theta_s.mul_(minus_g_n0)  # (..., B, G) -theta s d/dn0, reuses theta s
             d_mu_nz = x * (1.0 - s_nz)
             if zinb:
                 d_mu_nz = d_mu_nz - p_nz * theta_nz * s_nz
