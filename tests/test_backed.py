@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -322,3 +323,26 @@ def test_getters_survive_anndata_closing_the_file(tmp_path: Path) -> None:
     adata[np.arange(10)].to_memory()
     assert not adata.file.is_open
     np.testing.assert_array_equal(model.get_latent(), before)
+
+
+def test_mixture_and_semi_supervised_vaes_train_on_a_backed_anndata(
+    sim_path: Path, backed: AnnData
+) -> None:
+    """GMVAE and SSVAE read a backed file as the count VAEs do: they fit, predict and write
+    their slots in memory, and the file is not written."""
+    before = _digest(sim_path)
+    gmvae = scvae.GMVAE(backed, n_components=3, batch_key="batch", n_latent=2, n_hidden=8)
+    gmvae.fit(max_epochs=2, n_epochs_pretrain=1, batch_size=64, progress_bar=False, seed=0)
+    clusters = gmvae.predict()
+    assert clusters.shape == (backed.n_obs,) and set(np.unique(clusters)) <= {0, 1, 2}
+    labels = backed.obs["cluster"].astype(str).to_numpy().copy()
+    labels[::2] = "Unknown"  # half the cells unlabelled
+    backed.obs["label"] = pd.Categorical(labels)
+    ssvae = scvae.SSVAE(backed, labels_key="label", batch_key="batch", n_latent=2, n_hidden=8)
+    ssvae.fit(max_epochs=2, batch_size=64, progress_bar=False, seed=0)
+    predicted = ssvae.predict()
+    assert predicted.shape == (backed.n_obs,)
+    assert set(predicted) <= set(backed.obs["cluster"].astype(str))
+    ssvae.write_latent(backed)
+    assert backed.obsm["X_ssvae"].shape == (backed.n_obs, 2)
+    assert _digest(sim_path) == before
