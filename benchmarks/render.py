@@ -270,19 +270,22 @@ def render_speed(record: Record) -> str:
 def update_speed(old: Record, new: Record) -> Record:
     """The speed record after a new result: its parts replace the old ones, the rest stays.
 
-    Throughput rows are replaced per thread count, the time to quality as a whole; notes of
-    replaced parts are dropped (a new part is described by its own command).
+    Throughput rows are replaced per thread count, the time to quality as a whole; the note
+    of a replaced part becomes the new result's command, scvae commit and load, so that each
+    part stays described by the run that made it when later runs replace other parts.
     """
     merged = {**old, **{k: v for k, v in new.items() if k not in ("throughput", "notes")}}
     notes = dict(old.get("notes", {}))
+    commit = str(new.get("scvae_commit") or "")
+    made_by = {"text": f"`{new['command']}`" + (f" (scvae at {commit})." if commit else ".")}
     if "throughput" in new:
         threads = {r["threads"] for r in new["throughput"]}
         kept = [r for r in old.get("throughput", []) if r["threads"] not in threads]
         merged["throughput"] = kept + new["throughput"]
         for t in threads:
-            notes.pop(f"throughput_{t}", None)
+            notes[f"throughput_{t}"] = dict(made_by)
     if "time_to_quality" in new:
-        notes.pop("time_to_quality", None)
+        notes["time_to_quality"] = dict(made_by)
     merged["notes"] = notes
     return merged
 
