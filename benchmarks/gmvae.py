@@ -8,10 +8,11 @@ each seed of ``--seeds``:
 
 1. ``ZINBVAE(train, batch_key=...)`` and ``GMVAE(train, n_components=K, batch_key=...)`` with
    ``K`` = the number of cell types, ``fit(train_size=0.9, seed=seed)`` with the same total
-   of epochs: ``--max-epochs`` for the ZINBVAE, ``--n-epochs-pretrain`` (default a quarter of
-   it) of pretraining plus the rest in the mixture phase for the GMVAE (both with early
-   stopping on the validation ELBO); ``batch_key="batch"`` when the file has more than one
-   batch.
+   of epochs: ``--max-epochs`` for the ZINBVAE, ``--n-epochs-pretrain`` (default three
+   quarters of it, the model's default split) of pretraining plus the rest in the mixture
+   phase for the GMVAE (both with early stopping on the validation ELBO); the GMVAE's
+   ``n_latent`` is ``--n-latent`` (default: the model's default), the ZINBVAE's its default;
+   ``batch_key="batch"`` when the file has more than one batch.
 2. Held-out log p(x) per cell, IWAE with ``--n-samples`` importance samples, both models, and
    the paired difference GMVAE - ZINBVAE on the same held-out cells.
 3. Clusters of all cells (train and held-out), ARI / NMI against ``cell_type``:
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--n-epochs-pretrain", type=int, default=None)
+    p.add_argument("--n-latent", type=int, default=None, help="GMVAE's (default: its own)")
     p.add_argument("--n-top-genes", type=int, default=2000)
     p.add_argument("--heldout-fraction", type=float, default=0.1)
     p.add_argument("--n-samples", type=int, default=100, help="IWAE importance samples")
@@ -96,8 +98,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def pretrain_epochs(args: argparse.Namespace) -> int:
     """Epochs of the GMVAE's pretraining; the mixture phase gets the rest of ``max_epochs``."""
-    pre = args.n_epochs_pretrain or max(1, args.max_epochs // 4)
+    pre = args.n_epochs_pretrain or max(1, 3 * args.max_epochs // 4)
     return min(pre, args.max_epochs - 1)
+
+
+def latent_option(args: argparse.Namespace) -> dict[str, int]:
+    """``{"n_latent": ...}`` for the GMVAE when ``--n-latent`` is given, else nothing."""
+    n_latent = getattr(args, "n_latent", None)
+    return {} if n_latent is None else {"n_latent": n_latent}
 
 
 def neighbors_scores(rep: np.ndarray, labels: Any) -> dict[str, Any]:
@@ -152,7 +160,9 @@ def run_seed(data: Dataset, seed: int, args: argparse.Namespace) -> dict[str, An
     z_zinb = zinb.get_latent(data.adata)
 
     start = time.perf_counter()
-    gmvae = scvae.GMVAE(train, n_components=data.n_types, batch_key=data.batch_key)
+    gmvae = scvae.GMVAE(
+        train, n_components=data.n_types, batch_key=data.batch_key, **latent_option(args)
+    )
     pre = pretrain_epochs(args)  # the same total of epochs as the ZINBVAE
     gmvae.fit(**{**fit, "max_epochs": args.max_epochs - pre}, n_epochs_pretrain=pre)
     out["gmvae_fit_s"] = time.perf_counter() - start
@@ -197,7 +207,9 @@ def run_select_k(data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     """GMVAE with ``n_components=None``: the K of the best validation ELBO, and its clusters."""
     train = data.adata[data.train_idx].copy()
     start = time.perf_counter()
-    model = scvae.GMVAE(train, candidates=args.candidates, batch_key=data.batch_key)
+    model = scvae.GMVAE(
+        train, candidates=args.candidates, batch_key=data.batch_key, **latent_option(args)
+    )
     pre = pretrain_epochs(args)
     model.fit(
         max_epochs=args.max_epochs - pre,
@@ -261,15 +273,16 @@ def render(result: dict[str, Any]) -> str:
     settings = result["settings"]
     commands = result.get("merged_from") or [result.get("command", "")]
     pre = pretrain_epochs(argparse.Namespace(**result["settings"]))
+    n_latent = settings.get("n_latent") or 10
     lines = [
         "Runs (merged with `--merge`): " + "; ".join(f"`{c}`" for c in commands),
         "",
         f"Up to {n_seeds} fit seeds per data set (the 'occupied' column below lists one entry "
         "per seed; split and genes fixed as in the baselines table), "
         f"{settings['max_epochs']} epochs in all per model (GMVAE: {pre} pretraining with "
-        f"N(0, I), {settings['max_epochs'] - pre} with the mixture), early stopping on the "
-        "validation ELBO, one torch thread, a shared 2-core machine (fit times are slow and "
-        "noisy). Values are mean ± sd over seeds.",
+        f"N(0, I), {settings['max_epochs'] - pre} with the mixture; GMVAE n_latent {n_latent}, "
+        "ZINBVAE 10), early stopping on the validation ELBO, one torch thread, a shared 2-core "
+        "machine (fit times are slow and noisy). Values are mean ± sd over seeds.",
         "",
         "**Held-out log p(x)** (nats per cell, IWAE with "
         f"{settings['n_samples']} samples, mean over held-out cells; the difference is paired "
@@ -395,10 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(args.render.read_text())
         main_table = args.render.name == "gmvae.json"
         pre = result["settings"].get("n_epochs_pretrain")
+        n_latent = result["settings"].get("n_latent") or 10
         write_section(
             render(result),
             tool=f"records/{args.render.name}",
-            heading=HEADING if main_table else f"### GMVAE with {pre} pretraining epochs",
+            heading=HEADING
+            if main_table
+            else f"### GMVAE with {pre} pretraining epochs, n_latent {n_latent}",
             path=DOCS,
         )
         print(f"rendered {args.render} into {DOCS}")

@@ -172,3 +172,12 @@ def test_k_chosen_by_validation_elbo_and_one_liner(clustered) -> None:
     assert model.n_components == int(best["n_components"])
     assert {"gmvae"} <= set(adata.obs) and {"gmvae_proba", "X_gmvae"} <= set(adata.obsm)
     assert set(adata.uns["gmvae"]["selection"]) >= {"n_components", "validation_elbo"}
+
+
+def test_default_pretraining_is_three_quarters_of_the_epochs(clustered) -> None:
+    adata = clustered[:120].copy()
+    model = scvae.GMVAE(adata, n_components=2, n_latent=3, n_hidden=16)
+    model.fit(max_epochs=2, batch_size=64, early_stopping=False, progress_bar=False, seed=0)
+    assert model.training["n_epochs_pretrain"] == 6  # three times the mixture phase's 2
+    phases = model.history["phase"].value_counts()
+    assert phases["pretrain"] == 6 and phases["mixture"] == 2

@@ -89,9 +89,10 @@ class GMVAE(VAEModel):
     given it, ``softmax_y(log pi_y - KL(q(z|x) || N(mu_y, sigma_y^2)))``, so the KL to the
     mixture is exact over ``y`` (``docs/math.md``).
 
-    Fitting has two phases: the VAE is pretrained with the ``N(0, I)`` prior, a diagonal GMM on
-    the training cells' latent means initializes ``pi, mu, sigma`` (VaDE), and the whole model
-    is then trained with the mixture prior. ``n_init`` restarts (GMM seeds) and, with
+    Fitting has two phases: the VAE is pretrained with the ``N(0, I)`` prior (by default for
+    three quarters of the epochs), a diagonal GMM on the training cells' latent means
+    initializes ``pi, mu, sigma`` (VaDE), and the whole model is then trained with the mixture
+    prior. ``n_init`` restarts (GMM seeds) and, with
     ``n_components=None``, every value of ``candidates`` are each trained from the same
     pretrained network; the one with the best validation ELBO is kept
     (:attr:`selection` lists them all).
@@ -256,7 +257,9 @@ class GMVAE(VAEModel):
         Parameters
         ----------
         max_epochs
-            Epochs of each mixture phase; None: ``min(400, 400 * 20000 / n_cells)``.
+            Epochs of each mixture phase; None: a quarter of ``min(400, 400 * 20000 /
+            n_cells)``, so that with the default pretraining (three times as long) a fit has
+            the epochs of a default :meth:`ZINBVAE.fit` in all.
         batch_size, lr, weight_decay, train_size, early_stopping, patience
             As :meth:`ZINBVAE.fit` (``train_size < 1`` is needed to choose K or restarts).
         n_steps_kl_warmup
@@ -272,10 +275,11 @@ class GMVAE(VAEModel):
         n_init
             Restarts per value of K (GMM seeds); the best validation ELBO is kept.
         n_epochs_pretrain
-            Epochs of the pretraining; None: a quarter of ``max_epochs`` (at least 10). The
-            mixture starts from a GMM on this latent, so a pretraining too short to separate
-            the cell types is not repaired later (``docs/math.md``: on cellbench 25 epochs
-            gave ARI 0.68, 75 epochs 0.997); raise it when clusters look split by batch.
+            Epochs of the pretraining; None: three times ``max_epochs`` (three quarters of
+            the epochs in all). The mixture starts from a GMM on this latent, so a
+            pretraining too short to separate the cell types is not repaired later (of 100
+            epochs in all on cellbench, ``docs/benchmarks.md``: 25 of pretraining gave ARI
+            0.64, 75 gave 1.00); raise it when clusters look split by batch.
         callbacks
             Extra Lightning callbacks, given to every phase.
 
@@ -307,8 +311,8 @@ class GMVAE(VAEModel):
                 f"n_components must be at most the number of training cells ({n_train}), got "
                 f"{ks[-1]}."
             )
-        epochs = max_epochs or default_max_epochs(n_cells)
-        pre_epochs = n_epochs_pretrain or max(10, epochs // 4)
+        epochs = max_epochs or max(1, default_max_epochs(n_cells) // 4)
+        pre_epochs = n_epochs_pretrain or 3 * epochs
         options = {
             "batch_size": batch_size,
             "lr": lr,
