@@ -181,3 +181,18 @@ def test_default_pretraining_is_three_quarters_of_the_epochs(clustered) -> None:
     assert model.training["n_epochs_pretrain"] == 6  # three times the mixture phase's 2
     phases = model.history["phase"].value_counts()
     assert phases["pretrain"] == 6 and phases["mixture"] == 2
+
+
+def test_pretraining_stops_early_and_keeps_its_best_epoch(clustered) -> None:
+    """With early stopping the pretraining ends as a ZINBVAE fit does, before its maximum,
+    and the mixture phase starts from the best pretraining epoch's network."""
+    adata = clustered[:120].copy()
+    model = scvae.GMVAE(adata, n_components=2, n_latent=3, n_hidden=16)
+    model.fit(
+        max_epochs=2, n_epochs_pretrain=60, patience=2, n_steps_kl_warmup=0, batch_size=64,
+        progress_bar=False, seed=0,
+    )  # fmt: skip
+    pretrain = model.history[model.history["phase"] == "pretrain"]
+    assert model.training["n_epochs_pretrain"] == len(pretrain) < 60
+    best = pretrain["validation_elbo"].idxmax()
+    assert len(pretrain) - 1 - (best - pretrain.index[0]) == 2  # stopped `patience` after it

@@ -251,8 +251,8 @@ class GMVAE(VAEModel):
         """Pretrain with the ``N(0, I)`` prior, initialize the mixture by a GMM, train it.
 
         Every option of :meth:`ZINBVAE.fit` means the same here; the KL warm-up happens in the
-        pretraining (the mixture phase starts at KL weight 1), ``max_epochs`` and early
-        stopping apply to each mixture phase.
+        pretraining (the mixture phase starts at KL weight 1), ``max_epochs`` applies to each
+        mixture phase, and early stopping to the pretraining and to each mixture phase.
 
         Parameters
         ----------
@@ -275,8 +275,11 @@ class GMVAE(VAEModel):
         n_init
             Restarts per value of K (GMM seeds); the best validation ELBO is kept.
         n_epochs_pretrain
-            Epochs of the pretraining; None: three times ``max_epochs`` (three quarters of
-            the epochs in all). The mixture starts from a GMM on this latent, so a
+            Epochs of the pretraining at most; None: three times ``max_epochs`` (three
+            quarters of the epochs in all). With ``early_stopping`` the pretraining stops as
+            a :meth:`ZINBVAE.fit` does (``patience`` epochs after the warm-up without a better
+            validation ELBO) and keeps its best epoch. The mixture starts from a GMM on this
+            latent, so a
             pretraining too short to separate the cell types is not repaired later (of 100
             epochs in all on cellbench, ``docs/benchmarks.md``: 25 of pretraining gave ARI
             0.64, 75 gave 1.00); raise it when clusters look split by batch.
@@ -331,12 +334,13 @@ class GMVAE(VAEModel):
         def sub(name: str) -> str | None:
             return None if checkpoint_dir is None else os.path.join(checkpoint_dir, name)
 
-        # phase 1: the network with the N(0, I) prior
+        # phase 1: the network with the N(0, I) prior, stopped early as a ZINBVAE fit is (a
+        # long default pretraining would otherwise go on past its best validation ELBO)
         self._n_components = ks[0]
         self._pending = None
         super().fit(
             max_epochs=pre_epochs,
-            early_stopping=False,
+            early_stopping=early_stopping,
             patience=patience,
             n_steps_kl_warmup=n_steps_kl_warmup,
             checkpoint_dir=sub("pretrain"),
