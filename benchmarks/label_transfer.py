@@ -301,10 +301,14 @@ def use_committed_scvae(commit: str) -> tuple[Path, str]:
 
 
 # -------------------------------------------------------------------------------- split
-def run_split(name: str, args, scvae_commit: str, large: bool) -> dict[str, Any]:
-    """Every method on one split: the two workers, then logistic regression and 15-NN."""
+def prepare_split(name: str, args, what: str = "") -> tuple[Any, dict, dict[str, Any], str]:
+    """Make the split, write its h5ad for the workers: ``(adata, info, job, tag)``.
+
+    ``job`` holds the worker settings every task shares (``tasks``: joint and reference);
+    ``tag`` marks the file names of a ``--quick`` run.
+    """
     adata, info = make_split(name, args.quick)
-    print(f"\n== {name}: {json.dumps(info)}", flush=True)
+    print(f"\n== {name}{what}: {json.dumps(info)}", flush=True)
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     tag = "_quick" if args.quick else ""
     h5ad = WORK_DIR / f"{name}{tag}.h5ad"
@@ -320,6 +324,12 @@ def run_split(name: str, args, scvae_commit: str, large: bool) -> dict[str, Any]
         "query_epochs": args.query_epochs,
         "tasks": ["joint", "reference"],
     }
+    return adata, info, job, tag
+
+
+def run_split(name: str, args, scvae_commit: str, large: bool) -> dict[str, Any]:
+    """Every method on one split: the two workers, then logistic regression and 15-NN."""
+    adata, info, job, tag = prepare_split(name, args)
     jobs = {
         "scvae": {
             **job,
@@ -426,17 +436,13 @@ def run_large_only(args, scvae_commit: str) -> dict[str, Any]:
     """The 10k-cell mapping alone: ``--large-repeats`` scvae workers, each a process of its own
     that fits the split's SSVAE reference and then maps the resampled query."""
     name = args.large_split
-    adata, info = make_split(name, args.quick)
-    print(f"\n== {name} (the {args.n_large:,}-cell mapping only): {json.dumps(info)}", flush=True)
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
-    tag = "_quick" if args.quick else ""
-    h5ad = WORK_DIR / f"{name}{tag}.h5ad"
-    adata.write_h5ad(h5ad)
+    _, info, job, tag = prepare_split(name, args, f" (the {args.n_large:,}-cell mapping only)")
     job = {
-        "h5ad": str(h5ad), "batch_key": "batch", "seed": 0, "threads": args.threads,
-        "max_epochs": args.max_epochs, "query_epochs": args.query_epochs,
-        "tasks": ["reference", "large"], "n_large": args.n_large, "scvae_commit": scvae_commit,
-    }  # fmt: skip
+        **job,
+        "tasks": ["reference", "large"],
+        "n_large": args.n_large,
+        "scvae_commit": scvae_commit,
+    }
     runs = []
     for i in range(max(1, args.large_repeats)):
         stem = WORK_DIR / f"{name}{tag}_scvae_large_only{i}"
