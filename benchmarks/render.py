@@ -1052,31 +1052,42 @@ def render_map_large(record: Record) -> str:
 
 
 def render_ssvae_prior(record: Record) -> str:
-    """The label-prior comparison of ``ssvae_prior.py``: one row per split and route."""
+    """The SSVAE-options comparison of ``ssvae_prior.py``: one row per split and route, a
+    column group per variant (label prior, and ``ALPHA_0`` where one was given)."""
     s = record["settings"]
-    priors = s["priors"]
-    by_key = {(e["split"], e["route"], e["prior"]): e for e in record["summary"]}
+
+    def variant(e: dict[str, Any]) -> tuple[str, float | None]:
+        return e["prior"], e.get("alpha0")
+
+    variants = list(dict.fromkeys(variant(e) for e in record["summary"]))
+    names = [p if a is None else f"{p}, alpha0 {a:g}" for p, a in variants]
+    by_key = {(e["split"], e["route"], variant(e)): e for e in record["summary"]}
     metrics = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE"))
-    head = ["split", "route"] + [f"{label}, {prior}" for _, label in metrics for prior in priors]
+    head = ["split", "route"] + [f"{label}, {name}" for _, label in metrics for name in names]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for split in s["splits"]:
         for route in s["routes"]:
             cells = []
             for metric, _ in metrics:
-                for prior in priors:
-                    e = by_key.get((split, route, prior))
-                    m = e[metric] if e else None
-                    cells.append(f"{m['mean']:.3f} ± {m['sd']:.3f}" if m else "-")
+                for v in variants:
+                    e = by_key.get((split, route, v))
+                    cells.append(f"{e[metric]['mean']:.3f} ± {e[metric]['sd']:.3f}" if e else "-")
             lines.append(f"| {split} | {route} | " + " | ".join(cells) + " |")
     seeds = ", ".join(str(x) for x in s["seeds"])
+    alpha = (
+        "the default alpha"
+        if not s.get("alpha0")
+        else "alpha = ALPHA_0 * n_cells / n_labelled with ALPHA_0 "
+        + ", ".join(f"{a:g}" for a in s["alpha0"])
+    )
     return "\n\n".join(
         [
             f"{_provenance(record)}. Machine: {record['machine']}; load average "
             f"{record['load_before']} before, {record['load_after']} after. Versions: "
             f"{versions_text(record['versions'])}.",
-            f"`SSVAE(label_prior=...)` on the splits of `label_transfer.py` (its cells, genes "
-            f"and hidden labels), each other option the default; seeds {seeds}; "
-            f"{s['max_epochs']} epochs at most (early stopping), `map_query` at most "
+            f"`SSVAE(label_prior=..., alpha=...)` on the splits of `label_transfer.py` (its "
+            f"cells, genes and hidden labels), {alpha}, each other option the default; seeds "
+            f"{seeds}; {s['max_epochs']} epochs at most (early stopping), `map_query` at most "
             f"{s['query_epochs']}; one torch thread per fit, {s['jobs']} fits at a time. "
             "Route `joint`: reference and query trained together, the query unlabelled; "
             "`reference`: the reference alone, then `map_query(query)`. Mean ± sd over the "
@@ -1101,6 +1112,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "label_transfer": ("## Label transfer", render_label_transfer),
     "map_large": ("## Label transfer", render_map_large),
     "ssvae_prior": ("## Label transfer", render_ssvae_prior),
+    "ssvae_alpha30": ("## Label transfer", render_ssvae_prior),
 }
 
 

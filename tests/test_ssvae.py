@@ -13,6 +13,7 @@ import scvae
 import scvae.models
 from scvae.minibatch import CSRMinibatches, Minibatch
 from scvae.models._ssvae import (
+    ALPHA_0,
     UNCERTAIN,
     LabelledCellData,
     _softmax,
@@ -126,7 +127,7 @@ def test_hidden_labels_are_predicted_well_above_chance(fitted, labelled) -> None
     assert labels.dtype == object and labels.shape == (labelled.n_obs,)
     assert (labels[hidden] == truth[hidden]).mean() > 0.9  # chance: 1/3
     assert fitted.label_categories == ["0", "1", "2"]
-    assert fitted.alpha == pytest.approx(10.0 * labelled.n_obs / (~hidden).sum())
+    assert fitted.alpha == pytest.approx(ALPHA_0 * labelled.n_obs / (~hidden).sum())
 
 
 def test_elbo_is_below_iwae_and_labels_tighten_it(fitted, labelled) -> None:
