@@ -7,8 +7,8 @@ so it pulls the query's labels towards the reference's composition. This compare
 routes (``joint``: reference + query trained together; ``reference``: the reference alone,
 then ``map_query``), over several seeds. ``--alpha0`` fits each prior with ``alpha =
 ALPHA_0 * n_cells / n_labelled`` for the given ``ALPHA_0`` values instead of the default
-alpha. scvae only, as installed (the working tree), each fit
-in a process of its own with one torch thread; ``--jobs`` fits run at a time. ::
+alpha. scvae only, as installed (the working tree), each fit in a process of its own with one
+torch thread; ``--jobs`` fits run at a time. ::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/ssvae_prior.py --jobs 2
     python benchmarks/render.py --print ssvae_prior --from benchmarks/results
